@@ -1,0 +1,77 @@
+"""The segmentation network (MONAI 3D U-Net) and checkpoints that carry everything inference needs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from octasim import __version__
+from octasim.atomic import atomic_path
+
+#: Bumped when the checkpoint layout changes incompatibly; ``load_checkpoint`` refuses other values.
+CHECKPOINT_FORMAT = 1
+
+#: The reference network (Wittmann et al. 2024): channels 32-512, strides 2, LeakyReLU, batch norm, dropout 0.3.
+PAPER_MODEL = {"channels": [32, 64, 128, 256, 512], "strides": [2, 2, 2, 2], "num_res_units": 0,
+               "act": "LEAKYRELU", "norm": "BATCH", "dropout": 0.3}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used; the message names the file and the problem."""
+
+
+def build_unet(model_config: dict[str, Any]) -> torch.nn.Module:
+    """MONAI 3D UNet with one input and one output channel (logits; apply a sigmoid for probabilities)."""
+    from monai.networks.nets import UNet
+
+    cfg = {**PAPER_MODEL, **model_config}
+    return UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=list(cfg["channels"]),
+                strides=list(cfg["strides"]), num_res_units=int(cfg["num_res_units"]), act=cfg["act"],
+                norm=cfg["norm"], dropout=float(cfg["dropout"]))
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Save plain data and tensors only (loadable with ``weights_only=True``), atomically.
+
+    ``state`` must hold ``model_state`` and ``model_config``; the format version and octasim
+    version are added here.
+    """
+    state = {"format": CHECKPOINT_FORMAT, "octasim_version": __version__, **state}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (no code execution) and check that this octasim can use it."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt / unsafe files
+        raise CheckpointError(f"{path}: not a readable octasim checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or "model_state" not in state or "model_config" not in state:
+        raise CheckpointError(f"{path}: not an octasim checkpoint (no model_state / model_config)")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {state.get('format')!r} (octasim "
+                              f"{state.get('octasim_version', '?')}); this octasim {__version__} reads format "
+                              f"{CHECKPOINT_FORMAT}")
+    return state
+
+
+def model_from_checkpoint(state: dict[str, Any], device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild the network of a loaded checkpoint, in eval mode on ``device``."""
+    model = build_unet(state["model_config"])
+    model.load_state_dict(state["model_state"])
+    return model.to(device).eval()
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but PyTorch sees no CUDA GPU (install a CUDA build of torch)")
+    return torch.device(name)

@@ -1,0 +1,114 @@
+"""Reading and writing 3D volumes as NIfTI through nibabel (headers in mm, octasim in um)."""
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from octasim.atomic import atomic_path
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+class VolumeError(ValueError):
+    """A volume file cannot be used; the message names the file and the problem."""
+
+
+@dataclass
+class Volume:
+    """A 3D scan: ``data`` indexed (i, j, k), the affine and header it came with, voxel size in um."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header
+    spacing_um: tuple[float, float, float]
+    path: Path | None = None
+
+
+def is_nifti(path: str | Path) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in um along i, j, k (column norms of the affine, which is in mm)."""
+    return tuple(float(v) * 1000.0 for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+
+
+def affine_for_spacing(spacing_um) -> np.ndarray:
+    """Diagonal affine (mm) for a voxel size in um; origin at the first voxel's centre."""
+    spacing = np.broadcast_to(np.asarray(spacing_um, dtype=float), (3,))
+    return np.diag([*(spacing / 1000.0), 1.0])
+
+
+def read_volume(path: str | Path, dtype=np.float32) -> Volume:
+    """Load a 3D NIfTI (a 4D file with a single channel is squeezed) as ``dtype``.
+
+    Raises VolumeError naming the file for a missing or truncated file, a 2D image, a 4D image
+    with more than one channel, or NaN / infinite values.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VolumeError(f"{path}: no such file")
+    if not is_nifti(path):
+        raise VolumeError(f"{path}: not a NIfTI file (expected .nii or .nii.gz)")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError, ValueError) as exc:
+        raise VolumeError(f"{path}: cannot read the image, the file is truncated or corrupt ({exc})") from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    elif data.ndim == 5 and data.shape[3:] == (1, 1):
+        data = data[..., 0, 0]
+    if data.ndim == 2 or (data.ndim == 3 and 1 in data.shape):
+        raise VolumeError(f"{path}: the image is 2D (shape {data.shape}); octasim needs a 3D volume")
+    if data.ndim != 3:
+        raise VolumeError(f"{path}: the image has shape {data.shape}; octasim needs a 3D volume "
+                          "(a 4D image must have a single channel)")
+    data = data.astype(dtype, copy=False)
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise VolumeError(f"{path}: the image contains NaN or infinite values")
+    affine = img.affine if img.affine is not None else np.eye(4)
+    return Volume(data, np.asarray(affine, float), img.header, spacing_from_affine(affine), path)
+
+
+def write_volume(path: str | Path, data: np.ndarray, affine: np.ndarray | None = None,
+                 spacing_um=None, header: nib.Nifti1Header | None = None) -> Path:
+    """Write ``data`` as NIfTI atomically (temporary name, then rename).
+
+    Give either ``affine`` (mm, e.g. the input scan's) or ``spacing_um`` (diagonal affine).
+    With ``header`` the input's header is reused (orientation codes, units) with the new data type.
+    Units are set to mm, so ITK-SNAP, Fiji, napari and 3D Slicer show the physical scale.
+    """
+    if affine is None:
+        if spacing_um is None:
+            raise ValueError("write_volume needs an affine or a voxel size")
+        affine = affine_for_spacing(spacing_um)
+    hdr = header.copy() if header is not None else None
+    img = nib.Nifti1Image(np.asarray(data), affine, hdr)
+    img.set_data_dtype(np.asarray(data).dtype)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    if np.issubdtype(np.asarray(data).dtype, np.floating):
+        img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return path
+
+
+def list_volumes(inputs) -> list[Path]:
+    """Expand files and folders into a sorted list of NIfTI files (folders: their *.nii / *.nii.gz)."""
+    found: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            found.extend(sorted(p for p in item.iterdir() if is_nifti(p) and not p.name.startswith(".")))
+        else:
+            found.append(item)
+    return found
