@@ -13,7 +13,7 @@ import sys
 from octasim import __version__
 
 #: subcommand modules, in the order ``octasim --help`` lists them
-SUBCOMMANDS = ["graph", "generate", "train", "segment", "evaluate"]
+SUBCOMMANDS = ["graph", "generate", "train", "segment", "evaluate", "demo"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulation-based 3D vessel segmentation for OCTA and microscopy scans of the mouse brain.\n"
                     "Units: micrometres (um) unless an option says otherwise; depth is the third array axis.")
     parser.add_argument("--version", action="version", version=f"octasim {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:

@@ -1,0 +1,595 @@
+"""Synthetic datasets: one sample = graph patch -> voxel maps -> simulated image; and dataset folders.
+
+A dataset is fully defined by a :class:`SynthConfig` (profile, volume shape, voxel size, vessel
+source, seed). Sample ``index`` is a deterministic function of ``(config, index)`` alone, so samples
+can be rendered in any order, by any number of worker processes, on disk (:func:`generate_dataset`)
+or on the fly during training (:func:`render_sample`), with identical results.
+
+Folder layout written by :func:`generate_dataset`::
+
+    DIR/dataset.json            manifest (format "octasim-dataset", version 1), written atomically
+    DIR/images/<id>.nii.gz      float32 image in [0, 1], affine in mm (voxel size / 1000)
+    DIR/labels/<id>.nii.gz      uint8 binary vessel label
+    DIR/qc/<id>.png             orthogonal slices + depth projection, image and label
+    DIR/records/<id>.json       per-sample record, written last: marks the sample as finished
+    DIR/contact_sheet.png       depth projections of the samples
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from octasim import __version__
+from octasim.atomic import atomic_path
+
+FORMAT = "octasim-dataset"
+FORMAT_VERSION = 1
+#: extra depth (um) of a procedural block beyond the FOV, so the patch starting below the
+#: surface vessels still fits above the bottom of the block
+PROCEDURAL_EXTRA_DEPTH_UM = 150.0
+#: lateral margin (um) of a procedural block beyond the FOV
+PROCEDURAL_MARGIN_UM = 40.0
+#: how many fresh procedural blocks are tried before giving up on a sample
+PROCEDURAL_ATTEMPTS = 8
+#: the contact sheet shows at most this many samples (the first ones)
+CONTACT_SHEET_MAX = 100
+SUBDIRS = ("images", "labels", "qc", "records")
+
+
+class DatasetError(ValueError):
+    """A dataset folder or manifest cannot be used; the message names the folder and the problem."""
+
+
+class NoPatchError(ValueError):
+    """The vessel source yields no FOV patch; the message says which extractor rule rejected it."""
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass
+class SynthConfig:
+    """Everything that defines a synthetic dataset (plain data; JSON round trip).
+
+    profile:            simulation profile: a shipped name ('paper', 'octa', 'two-photon'), a YAML
+                        path, or a dict; :meth:`resolved` replaces it with the full profile dict.
+    shape:              volume shape in voxels (i, j, k), depth = k.
+    voxel_size_um:      isotropic voxel edge, um.
+    graph:              vessel graph file (any format octasim reads); None = procedural cortex.
+    graph_voxel_size_um: voxel size (um) of a graph stored in voxel units; None = already in um.
+    seed:               dataset seed; sample i uses a seed derived from (seed, i).
+    cortex:             overrides of ``CortexParams`` for procedural blocks.
+    extract:            overrides of ``ExtractParams`` (applied after scaling to the FOV).
+    occupancy:          render partial-volume occupancy (smoother image; label stays binary).
+    profile_name:       name recorded for the profile (set by :meth:`resolved`).
+    """
+
+    profile: str | dict = "paper"
+    shape: tuple[int, int, int] = (250, 250, 250)
+    voxel_size_um: float = 2.0
+    graph: str | None = None
+    graph_voxel_size_um: float | None = None
+    seed: int = 0
+    cortex: dict = field(default_factory=dict)
+    extract: dict = field(default_factory=dict)
+    occupancy: bool = True
+    profile_name: str | None = None
+
+    def __post_init__(self) -> None:
+        shape = np.atleast_1d(np.asarray(self.shape, dtype=int)).tolist()
+        if len(shape) == 1:
+            shape = shape * 3
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"shape must be one or three positive integers, got {self.shape!r}")
+        self.shape = tuple(int(s) for s in shape)
+        self.voxel_size_um = float(self.voxel_size_um)
+        if not self.voxel_size_um > 0:
+            raise ValueError(f"voxel size must be positive (um), got {self.voxel_size_um}")
+        self.seed = int(self.seed)
+        if self.graph is not None:
+            self.graph = str(self.graph)
+        if self.graph_voxel_size_um is not None:
+            self.graph_voxel_size_um = float(self.graph_voxel_size_um)
+        self.cortex = dict(self.cortex or {})
+        self.extract = dict(self.extract or {})
+        self.occupancy = bool(self.occupancy)
+
+    @property
+    def fov_um(self) -> tuple[float, float, float]:
+        """Field of view of one sample, um (shape * voxel size)."""
+        return tuple(float(s) * self.voxel_size_um for s in self.shape)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-serializable dict."""
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return _plain(d)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SynthConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown dataset config key(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        return cls(**d)
+
+    def resolved(self) -> "SynthConfig":
+        """Copy with the profile loaded into a full dict, the graph path absolute and the
+        profile name recorded; resolving twice changes nothing."""
+        from octasim.profiles import load_profile
+
+        spec = self.profile
+        name = self.profile_name
+        if name is None:
+            if isinstance(spec, dict):
+                name = str(spec.get("name", "custom"))
+            else:
+                name = Path(spec).stem if str(spec).lower().endswith((".yaml", ".yml")) else str(spec)
+        profile = _plain(load_profile(spec))
+        graph = str(Path(self.graph).expanduser().resolve()) if self.graph is not None else None
+        return replace(self, profile=profile, graph=graph, profile_name=name)
+
+
+# --------------------------------------------------------------------------- seeds
+def sample_seed(config: SynthConfig, index: int) -> int:
+    """The seed of sample ``index`` (a 32-bit integer derived from (config.seed, index))."""
+    if index < 0:
+        raise ValueError(f"sample index must be >= 0, got {index}")
+    return int(np.random.SeedSequence([config.seed, int(index)]).generate_state(1, dtype=np.uint32)[0])
+
+
+def sample_id(index: int) -> str:
+    """Zero-padded sample id, e.g. ``sample_0007``."""
+    return f"sample_{index:04d}"
+
+
+# --------------------------------------------------------------------------- patch sources
+def _extract_params(config: SynthConfig):
+    """ExtractParams for this config's FOV (scaled from the 500 um reference), then user overrides."""
+    from octasim.extract import ExtractParams
+
+    params = ExtractParams()
+    fov = config.fov_um
+    if tuple(float(v) for v in np.broadcast_to(params.fov_um, (3,))) != fov:
+        params = params.scaled_to(fov)
+    if config.extract:
+        known = {f.name for f in fields(params)}
+        unknown = sorted(set(config.extract) - known)
+        if unknown:
+            raise ValueError(f"unknown extractor parameter(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        params = replace(params, **config.extract)
+    return params
+
+
+def _report_text(report) -> str:
+    parts = []
+    for attr in ("summary", "advice"):
+        fn = getattr(report, attr, None)
+        text = fn() if callable(fn) else fn
+        if text:
+            parts.append(str(text).strip())
+    return "\n".join(parts)
+
+
+class GraphPatchSource:
+    """FOV patches of one vessel graph file, extracted once; samples pick one by their seed."""
+
+    def __init__(self, config: SynthConfig):
+        from octasim.extract import extract_patches
+        from octasim.graph_io import read_graph
+
+        self.path = config.graph
+        graph = read_graph(config.graph, voxel_size_um=config.graph_voxel_size_um)
+        params = _extract_params(config)
+        self.patches, self.report = extract_patches(graph, params)
+        if not self.patches:
+            fov = " x ".join(f"{v:g}" for v in config.fov_um)
+            hint = ("Suggested fixes: if the graph is stored in voxel units, give its voxel size "
+                    "(--graph-voxel-size UM); use a smaller volume (--shape) or voxel size (--voxel-size) "
+                    "so the FOV is smaller; or relax the rule named above with --extract KEY=VALUE "
+                    "(e.g. --extract min_edges=500, --extract surface_radius_um=5).")
+            raise NoPatchError(f"{config.graph}: the graph yields no {fov} um patch.\n"
+                               f"{_report_text(self.report)}\n{hint}")
+
+    def draw(self, rng: np.random.Generator, seed: int):
+        """(patch, source record) for one sample."""
+        k = int(rng.integers(len(self.patches)))
+        patch = self.patches[k]
+        return patch, {"graph": self.path, "patch_index": k, "n_patches": len(self.patches),
+                       **_patch_record(patch)}
+
+
+class ProceduralPatchSource:
+    """A fresh procedural cortex block per sample, just big enough for one FOV patch."""
+
+    def __init__(self, config: SynthConfig):
+        from octasim.generator import CortexParams
+
+        fov = config.fov_um
+        overrides = dict(config.cortex)
+        size = overrides.pop("size_um", None)
+        if size is None:
+            size = (fov[0] + PROCEDURAL_MARGIN_UM, fov[1] + PROCEDURAL_MARGIN_UM,
+                    fov[2] + PROCEDURAL_EXTRA_DEPTH_UM)
+        known = {f.name for f in fields(CortexParams)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown cortex generator parameter(s): {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(known))})")
+        self.cortex_params = CortexParams(size_um=tuple(float(s) for s in size), **overrides)
+        self.extract_params = _extract_params(config)
+        self.fov = fov
+
+    def draw(self, rng: np.random.Generator, seed: int):
+        from octasim.extract import extract_patches
+        from octasim.generator import generate_cortex
+
+        reports = []
+        for attempt in range(PROCEDURAL_ATTEMPTS):
+            block_seed = int(rng.integers(2**31))
+            block = generate_cortex(self.cortex_params, seed=block_seed)
+            patches, report = extract_patches(block, self.extract_params)
+            if patches:
+                k = int(rng.integers(len(patches)))
+                patch = patches[k]
+                return patch, {"graph": "procedural", "block_seed": block_seed, "attempt": attempt,
+                               "block_size_um": list(self.cortex_params.size_um),
+                               "patch_index": k, "n_patches": len(patches), **_patch_record(patch)}
+            reports.append(report)
+        size = " x ".join(f"{v:g}" for v in self.cortex_params.size_um)
+        raise NoPatchError(
+            f"procedural cortex: {PROCEDURAL_ATTEMPTS} generated blocks of {size} um all yielded no "
+            f"patch of {' x '.join(f'{v:g}' for v in self.fov)} um. Last extraction:\n"
+            f"{_report_text(reports[-1])}\nSuggested fixes: relax the rule named above with "
+            "--extract KEY=VALUE, or give a bigger block with --cortex size_um=[X,Y,Z].")
+
+
+def _patch_record(patch) -> dict:
+    rec = {"origin_um": _plain(np.asarray(patch.origin_um, float).tolist()),
+           "size_um": _plain(np.asarray(patch.size_um, float).tolist()),
+           "n_edges": int(patch.graph.n_edges)}
+    pillar = getattr(patch, "pillar", None)
+    if pillar is not None:
+        rec["pillar"] = _plain(pillar)
+    return rec
+
+
+_SOURCE_CACHE: dict[str, Any] = {}
+
+
+def patch_source_for(config: SynthConfig):
+    """The (per-process cached) patch source of a resolved or unresolved config."""
+    key_data = {"graph": config.graph, "graph_voxel_size_um": config.graph_voxel_size_um,
+                "shape": list(config.shape), "voxel_size_um": config.voxel_size_um,
+                "cortex": config.cortex, "extract": config.extract}
+    if config.graph is not None:
+        p = Path(config.graph)
+        key_data["mtime"] = p.stat().st_mtime_ns if p.exists() else None
+    key = json.dumps(_plain(key_data), sort_keys=True)
+    source = _SOURCE_CACHE.get(key)
+    if source is None:
+        source = GraphPatchSource(config) if config.graph is not None else ProceduralPatchSource(config)
+        if len(_SOURCE_CACHE) > 8:
+            _SOURCE_CACHE.clear()
+        _SOURCE_CACHE[key] = source
+    return source
+
+
+# --------------------------------------------------------------------------- one sample
+@dataclass
+class Sample:
+    """One synthetic sample: image float32 in [0, 1], label uint8 {0, 1}, and its record."""
+
+    image: np.ndarray
+    label: np.ndarray
+    record: dict
+
+
+_RESOLVED_CACHE: dict[str, SynthConfig] = {}
+
+
+def _resolve_cached(config: SynthConfig) -> SynthConfig:
+    if isinstance(config.profile, dict) and config.profile_name is not None:
+        return config
+    key = json.dumps(config.to_dict(), sort_keys=True)
+    if key not in _RESOLVED_CACHE:
+        _RESOLVED_CACHE[key] = config.resolved()
+    return _RESOLVED_CACHE[key]
+
+
+def render_sample(config: SynthConfig, index: int, patch_source=None) -> Sample:
+    """Render sample ``index`` of the dataset ``config`` (deterministic in (config, index)).
+
+    ``patch_source``: an object with ``draw(rng, seed) -> (Patch, source_record)`` or a list of
+    ``Patch``; default: the config's graph file (patches extracted once per process) or a fresh
+    procedural cortex block. The profile's random parameters are sampled per sample and recorded.
+    """
+    from octasim.profiles import sample_parameters
+    from octasim.simulate import simulate
+    from octasim.voxelize import voxelize
+
+    config = _resolve_cached(config)
+    seed = sample_seed(config, index)
+    patch_ss, param_ss, sim_ss = np.random.SeedSequence(seed).spawn(3)
+    if patch_source is None:
+        patch_source = patch_source_for(config)
+    rng_patch = np.random.default_rng(patch_ss)
+    if isinstance(patch_source, (list, tuple)):
+        if not patch_source:
+            raise NoPatchError("render_sample: the given list of patches is empty")
+        k = int(rng_patch.integers(len(patch_source)))
+        patch = patch_source[k]
+        source = {"graph": "given", "patch_index": k, **_patch_record(patch)}
+    else:
+        patch, source = patch_source.draw(rng_patch, seed)
+    params = _plain(sample_parameters(config.profile, np.random.default_rng(param_ss)))
+    maps = voxelize(patch.graph, config.shape, config.voxel_size_um, occupancy=config.occupancy)
+    image = simulate(maps, params, np.random.default_rng(sim_ss))
+    image = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+    label = (np.asarray(maps.label) > 0).astype(np.uint8)
+    record = {"id": sample_id(index), "index": int(index), "seed": seed, "source": _plain(source),
+              "profile": config.profile_name, "params": params,
+              "vessel_fraction": float(label.mean())}
+    return Sample(image=image, label=label, record=record)
+
+
+# --------------------------------------------------------------------------- dataset folders
+def _sample_paths(out_dir: Path, sid: str) -> dict[str, Path]:
+    return {"image": out_dir / "images" / f"{sid}.nii.gz", "label": out_dir / "labels" / f"{sid}.nii.gz",
+            "qc": out_dir / "qc" / f"{sid}.png", "record": out_dir / "records" / f"{sid}.json"}
+
+
+def _is_done(out_dir: Path, sid: str, qc: bool) -> bool:
+    paths = _sample_paths(out_dir, sid)
+    needed = ["record", "image", "label"] + (["qc"] if qc else [])
+    return all(paths[k].is_file() for k in needed)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+
+
+def _make_sample(config_dict: dict, out_dir: str, index: int, qc: bool) -> tuple[int, dict, np.ndarray]:
+    """Worker: render sample ``index``, write its files (record last); return (index, record, MIP)."""
+    from octasim.nifti import write_volume
+    from octasim.qc import save_sample_qc
+
+    config = SynthConfig.from_dict(config_dict)
+    out = Path(out_dir)
+    sample = render_sample(config, index)
+    sid = sample.record["id"]
+    paths = _sample_paths(out, sid)
+    write_volume(paths["image"], sample.image, spacing_um=config.voxel_size_um)
+    write_volume(paths["label"], sample.label, spacing_um=config.voxel_size_um)
+    if qc:
+        src = sample.record["source"]
+        title = (f"{sid}  seed {sample.record['seed']}  profile {config.profile_name}  "
+                 f"source {Path(str(src.get('graph'))).name}  vessel fraction {sample.record['vessel_fraction']:.3f}")
+        save_sample_qc(sample.image, sample.label, paths["qc"], title=title)
+    record = dict(sample.record)
+    record.update({"image": f"images/{sid}.nii.gz", "label": f"labels/{sid}.nii.gz",
+                   "qc": f"qc/{sid}.png" if qc else None})
+    _write_json(paths["record"], record)
+    return index, record, sample.image.max(axis=2)
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two plain-data trees differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k not in a or k not in b:
+                out.append(key)
+            else:
+                out.extend(_diff_keys(a[k], b[k], key))
+        return out
+    return [] if a == b else [prefix or "(root)"]
+
+
+def _remove_stale_temps(out_dir: Path) -> None:
+    """Delete temporary files an interrupted run left behind (``.<name>.tmp-<pid>...``)."""
+    for sub in (out_dir, *(out_dir / s for s in SUBDIRS)):
+        if sub.is_dir():
+            for p in sub.iterdir():
+                if p.name.startswith(".") and ".tmp-" in p.name and p.is_file():
+                    p.unlink(missing_ok=True)
+
+
+def _manifest(config: SynthConfig, n: int, samples: list[dict], complete: bool) -> dict:
+    return {"format": FORMAT, "version": FORMAT_VERSION, "octasim_version": __version__,
+            "config": config.to_dict(), "voxel_size_um": config.voxel_size_um,
+            "shape": list(config.shape), "n": int(n), "complete": bool(complete), "samples": samples}
+
+
+def _check_folder(out_dir: Path, config: SynthConfig) -> None:
+    """Refuse a folder that holds a different dataset or unrelated files."""
+    manifest_path = out_dir / "dataset.json"
+    if manifest_path.exists():
+        try:
+            old = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DatasetError(f"{manifest_path}: unreadable dataset manifest ({exc}); "
+                               "choose another --out folder or delete this one") from exc
+        if old.get("format") != FORMAT:
+            raise DatasetError(f"{manifest_path}: not an octasim dataset manifest; choose another --out folder")
+        diff = _diff_keys(old.get("config"), config.to_dict())
+        if diff:
+            raise DatasetError(
+                f"{out_dir}: the folder holds a different dataset (config differs in: {', '.join(diff)}); "
+                "choose another --out folder, or repeat the original settings to resume it")
+    elif out_dir.exists() and any(p for p in out_dir.iterdir() if p.name not in SUBDIRS):
+        raise DatasetError(f"{out_dir}: the folder is not empty and holds no dataset.json; "
+                           "choose a new or empty --out folder")
+
+
+def generate_dataset(config: SynthConfig, out_dir: str | Path, n: int, workers: int = 1,
+                     progress: bool = True, qc: bool = True,
+                     on_sample: Callable[[dict], None] | None = None) -> Path:
+    """Write ``n`` samples of ``config`` into ``out_dir``; return the path of ``dataset.json``.
+
+    Resumes a folder holding the same dataset (finished samples, marked by their record file, are
+    skipped; files are written under temporary names and renamed); a folder holding a different
+    dataset raises DatasetError naming the differing config keys. ``workers`` > 1 renders in that
+    many processes (spawn); the files are identical for any number of workers.
+    """
+    from octasim.qc import save_contact_sheet
+
+    if n < 1:
+        raise ValueError(f"the number of samples must be >= 1, got {n}")
+    config = config.resolved()
+    out = Path(out_dir)
+    _check_folder(out, config)
+    for sub in SUBDIRS:
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(out)
+    manifest_path = out / "dataset.json"
+    _write_json(manifest_path, _manifest(config, n, [], complete=False))
+
+    # fail early (in this process, with a clear message) if the source yields no patch
+    patch_source_for(config)
+
+    records: dict[int, dict] = {}
+    mips: dict[int, np.ndarray] = {}
+    todo = []
+    for i in range(n):
+        sid = sample_id(i)
+        if _is_done(out, sid, qc):
+            records[i] = json.loads(_sample_paths(out, sid)["record"].read_text())
+        else:
+            todo.append(i)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=n, initial=n - len(todo), desc="generate", unit="sample",
+               disable=None if progress else True)
+    cfg = config.to_dict()
+
+    def done(result):
+        i, rec, mip = result
+        records[i] = rec
+        mips[i] = mip
+        bar.update(1)
+        if on_sample is not None:
+            on_sample(rec)
+
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for i in todo:
+                done(_make_sample(cfg, str(out), i, qc))
+        else:
+            with _single_threaded_env(), ProcessPoolExecutor(
+                    max_workers=min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+                pending = {pool.submit(_make_sample, cfg, str(out), i, qc) for i in todo}
+                try:
+                    while pending:
+                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for fut in finished:
+                            done(fut.result())
+                except BaseException:
+                    for fut in pending:
+                        fut.cancel()
+                    raise
+    finally:
+        bar.close()
+
+    samples = [records[i] for i in range(n)]
+    if qc:
+        shown = list(range(min(n, CONTACT_SHEET_MAX)))
+        tiles = []
+        for i in shown:
+            mip = mips.get(i)
+            if mip is None:
+                from octasim.nifti import read_volume
+
+                mip = read_volume(out / samples[i]["image"]).data.max(axis=2)
+            tiles.append(mip[..., None])
+        save_contact_sheet(tiles, [sample_id(i) for i in shown], out / "contact_sheet.png")
+    _write_json(manifest_path, _manifest(config, n, samples, complete=True))
+    return manifest_path
+
+
+class _single_threaded_env:
+    """Context manager: one BLAS/OpenMP thread per worker process (spawned children inherit it)."""
+
+    VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in self.VARS}
+        for k in self.VARS:
+            os.environ.setdefault(k, "1")
+        return self
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        return False
+
+
+def load_dataset(path: str | Path) -> dict:
+    """Read and check ``dataset.json`` of a dataset folder (or the file itself).
+
+    Returns the manifest with ``root`` (the folder, absolute) added; sample paths stay relative to
+    it. Raises DatasetError naming the file for a missing or malformed manifest, an unfinished run
+    or missing sample files.
+    """
+    path = Path(path)
+    manifest_path = path / "dataset.json" if path.is_dir() or not path.suffix else path
+    if not manifest_path.is_file():
+        raise DatasetError(f"{manifest_path}: no such dataset manifest (expected a folder written by `octasim generate`)")
+    try:
+        data = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{manifest_path}: unreadable dataset manifest ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise DatasetError(f"{manifest_path}: not an octasim dataset manifest (format {data.get('format')!r})"
+                           if isinstance(data, dict) else f"{manifest_path}: not an octasim dataset manifest")
+    if data.get("version") != FORMAT_VERSION:
+        raise DatasetError(f"{manifest_path}: dataset format version {data.get('version')!r} "
+                           f"is not supported (expected {FORMAT_VERSION})")
+    for key in ("config", "voxel_size_um", "shape", "n", "samples"):
+        if key not in data:
+            raise DatasetError(f"{manifest_path}: the manifest lacks the key {key!r}")
+    if not data.get("complete", True) or len(data["samples"]) != data["n"]:
+        raise DatasetError(f"{manifest_path}: the dataset is unfinished ({len(data['samples'])} of {data['n']} "
+                           "samples listed); run the same `octasim generate` command again to complete it")
+    root = manifest_path.parent.resolve()
+    for s in data["samples"]:
+        for key in ("id", "image", "label", "seed"):
+            if key not in s:
+                raise DatasetError(f"{manifest_path}: sample {s.get('id', '?')} lacks {key!r}")
+        for key in ("image", "label"):
+            if not (root / s[key]).is_file():
+                raise DatasetError(f"{manifest_path}: sample {s['id']}: missing file {root / s[key]}")
+    data["root"] = str(root)
+    return data
+
+
+# --------------------------------------------------------------------------- helpers
+def _plain(value):
+    """Convert numpy scalars / arrays / tuples / paths to JSON-serializable plain data."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value

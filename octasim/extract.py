@@ -1,0 +1,247 @@
+"""FOV patch extraction from a large vessel graph (the reference method's rules, in micrometres).
+
+Rules, applied in this order to a lateral grid of pillars (DESIGN.md, "Patch extraction"):
+
+1. ``too_few_nodes``: the pillar (side = FOV lateral size, depth up to ``cortex_depth_um``) holds
+   fewer than ``min_nodes_per_pillar`` nodes, counted after dropping nodes flagged outside the brain.
+2. ``no_surface_vessel``: no node of the pillar belongs to an edge with radius > ``surface_radius_um``.
+3. ``below_cortex_depth``: the patch would start at (shallowest surface-vessel node z) - (largest
+   radius in the pillar) and end ``fov_um[2]`` deeper; it is dropped if it ends below
+   ``cortex_depth_um``.
+4. ``too_few_edges``: the patch box keeps every edge with at least one end inside it
+   (:meth:`VesselGraph.crop`, edges kept whole); fewer than ``min_edges`` edges drops it.
+
+Each kept patch is translated so that its box corner is the origin.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from octasim.graph import VesselGraph
+
+#: rule names, in the order they are applied (keys of ``ExtractionReport.rejected``)
+RULES = ("too_few_nodes", "no_surface_vessel", "below_cortex_depth", "too_few_edges")
+
+
+@dataclass
+class ExtractParams:
+    """Thresholds of the patch extractor; all lengths in um.
+
+    fov_um: patch size (lateral x, lateral y, depth); the pillar grid's cell is fov_um[0] x fov_um[1].
+    min_nodes_per_pillar: pillars with fewer nodes (depth <= cortex_depth_um) are dropped.
+    surface_radius_um: edges with a larger radius are surface (pial) vessels.
+    cortex_depth_um: pillars span depth z <= this; patches ending deeper are dropped.
+    min_edges: patches with fewer edges are dropped.
+    outside_attr: boolean node attribute flagging nodes outside the brain, dropped first
+        (None: keep every node; an attribute the graph lacks is ignored).
+    """
+
+    fov_um: tuple[float, float, float] = (500.0, 500.0, 500.0)
+    min_nodes_per_pillar: int = 100
+    surface_radius_um: float = 13.0
+    cortex_depth_um: float = 3000.0
+    min_edges: int = 2000
+    outside_attr: str | None = "outside_brain"
+
+    def __post_init__(self) -> None:
+        self.fov_um = tuple(float(v) for v in np.broadcast_to(np.asarray(self.fov_um, float), 3))
+        if min(self.fov_um) <= 0 or not np.isfinite(self.fov_um).all():
+            raise ValueError(f"fov_um must be three positive sizes in um, got {self.fov_um}")
+        if self.min_nodes_per_pillar < 0 or self.min_edges < 0:
+            raise ValueError("min_nodes_per_pillar and min_edges must be >= 0")
+        if self.cortex_depth_um <= 0:
+            raise ValueError(f"cortex_depth_um must be positive, got {self.cortex_depth_um}")
+
+    def scaled_to(self, fov_um) -> "ExtractParams":
+        """Same rules for another FOV: min_nodes_per_pillar scaled by the lateral area ratio,
+        min_edges by the FOV volume ratio (each at least 1); other thresholds unchanged."""
+        new = np.broadcast_to(np.asarray(fov_um, float), 3)
+        old = np.asarray(self.fov_um, float)
+        area = float(new[0] * new[1] / (old[0] * old[1]))
+        volume = float(np.prod(new) / np.prod(old))
+        return replace(self, fov_um=tuple(new.tolist()),
+                       min_nodes_per_pillar=max(1, int(round(self.min_nodes_per_pillar * area))),
+                       min_edges=max(1, int(round(self.min_edges * volume))))
+
+
+@dataclass
+class Patch:
+    """One extracted patch: ``graph`` is translated so that the patch corner is the origin (um)."""
+
+    graph: VesselGraph
+    origin_um: np.ndarray   # patch corner (x, y, z) in the source graph's coordinates
+    size_um: np.ndarray     # (3,) box size = fov_um
+    pillar: tuple[int, int]  # (column along x, row along y) in the pillar grid
+
+    @property
+    def name(self) -> str:
+        """File stem ``patch_XXX_YYY`` (pillar indices along x and y)."""
+        return f"patch_{self.pillar[0]:03d}_{self.pillar[1]:03d}"
+
+
+@dataclass
+class ExtractionReport:
+    """How many pillars each rule rejected (in rule order), and figures that explain why."""
+
+    n_pillars: int
+    rejected: dict[str, int]
+    n_patches: int
+    params: ExtractParams = field(default_factory=ExtractParams)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {"n_pillars": self.n_pillars, "rejected": dict(self.rejected), "n_patches": self.n_patches,
+                "params": asdict(self.params), "diagnostics": self.diagnostics}
+
+    def summary(self) -> str:
+        """One line per rule, then the number of patches."""
+        p = self.params
+        what = {
+            "too_few_nodes": f"fewer than {p.min_nodes_per_pillar} nodes in the pillar",
+            "no_surface_vessel": f"no surface vessel (radius > {p.surface_radius_um:g} um)",
+            "below_cortex_depth": f"patch would end below the cortex depth {p.cortex_depth_um:g} um",
+            "too_few_edges": f"fewer than {p.min_edges} edges in the patch",
+        }
+        lines = [f"{self.n_pillars} pillars of {p.fov_um[0]:g} x {p.fov_um[1]:g} um"]
+        for rule in RULES:
+            lines.append(f"  rejected {self.rejected.get(rule, 0):5d}  {rule}: {what[rule]}")
+        lines.append(f"  kept     {self.n_patches:5d}  patches of {p.fov_um[0]:g} x {p.fov_um[1]:g} x {p.fov_um[2]:g} um")
+        return "\n".join(lines)
+
+    def advice(self) -> str:
+        """When no patch came out: which rule rejected most pillars and what to change ('' otherwise)."""
+        if self.n_patches > 0:
+            return ""
+        d, p = self.diagnostics, self.params
+        if self.n_pillars == 0:
+            return ("the graph has no nodes within the cortex depth range "
+                    f"(z <= {p.cortex_depth_um:g} um, after dropping nodes outside the brain); "
+                    "check that z is depth in um, increasing into the brain (voxel-unit graphs need --voxel-size).")
+        rule = max(RULES, key=lambda r: self.rejected.get(r, 0))  # first rule wins ties
+        max_r = d.get("max_radius_um", float("nan"))
+        med_r = d.get("median_radius_um", float("nan"))
+        extent = d.get("lateral_extent_um", [float("nan")] * 2)
+        voxel_hint = ("the graph is probably in voxel units: pass its voxel size (--voxel-size UM on the "
+                      "command line, voxel_size_um= in read_graph)")
+        head = f"most pillars ({self.rejected[rule]} of {self.n_pillars}) were rejected by rule {rule!r}: "
+        if rule == "no_surface_vessel":
+            msg = (f"the largest vessel radius is {max_r:.3g} (median {med_r:.3g}), "
+                   f"{'far ' if max_r < p.surface_radius_um / 2 else ''}below the surface-vessel threshold "
+                   f"{p.surface_radius_um:g} um. ")
+            if max_r < p.surface_radius_um or med_r < 1.0:
+                msg += voxel_hint + "; or, if the graph has no pial vessels, lower --surface-radius-um."
+            else:
+                msg += ("some pillars hold no pial vessel; lower --surface-radius-um or use a larger --fov-um.")
+            return head + msg
+        if rule == "too_few_nodes":
+            msg = (f"pillars hold at most {d.get('max_pillar_nodes', 0)} nodes (need {p.min_nodes_per_pillar}); "
+                   f"the graph spans {extent[0]:.4g} x {extent[1]:.4g} laterally for pillars of "
+                   f"{p.fov_um[0]:g} x {p.fov_um[1]:g} um. ")
+            if max(extent) < min(p.fov_um[:2]) or med_r < 1.0:
+                msg += voxel_hint + "; otherwise "
+            return head + msg + "lower --min-nodes, or use a smaller --fov-um (thresholds scale with it)."
+        if rule == "below_cortex_depth":
+            return head + (f"patches would start at depth {d.get('min_patch_start_um', float('nan')):.4g} um or "
+                           f"deeper and end below {p.cortex_depth_um:g} um. Check that z is depth increasing "
+                           "into the brain (surface at small z); otherwise raise --cortex-depth-um or use a "
+                           "smaller FOV depth.")
+        return head + (f"the fullest candidate patch has {d.get('max_patch_edges', 0)} edges (need {p.min_edges}). "
+                       "Lower --min-edges or use a larger --fov-um; a sparse graph in voxel units also looks "
+                       "like this (" + voxel_hint + ").")
+
+
+def _group_reduce(ufunc, groups: np.ndarray, values: np.ndarray, n: int, fill: float) -> np.ndarray:
+    """Per-group reduction (min / max) of ``values`` into an array of ``n`` groups."""
+    out = np.full(n, fill, dtype=np.float64)
+    ufunc.at(out, groups, values)
+    return out
+
+
+def extract_patches(graph: VesselGraph, params: ExtractParams = ExtractParams(),
+                    progress: bool = False) -> tuple[list[Patch], ExtractionReport]:
+    """Cut FOV-sized patches out of ``graph`` (um, z = depth) with the reference method's rules.
+
+    Returns the patches (each translated so its box corner is the origin) and a report of how many
+    pillars each rule rejected. Pillars are laid from the graph's lateral minimum (x, y) with side
+    ``params.fov_um[:2]``; the last row / column may extend past the graph. Nodes above z = 0 (e.g.
+    pial vessels lying on the surface) count as part of the pillar.
+    """
+    from tqdm.auto import tqdm
+
+    fov = np.asarray(params.fov_um, float)
+    g = graph
+    if params.outside_attr and params.outside_attr in g.node_attrs:
+        g = g.select_nodes(~g.node_attrs[params.outside_attr].astype(bool))
+    diagnostics: dict[str, Any] = {"n_nodes": g.n_nodes, "n_edges": g.n_edges}
+    rejected = {r: 0 for r in RULES}
+    if g.n_nodes == 0 or g.n_edges == 0:
+        return [], ExtractionReport(0, rejected, 0, params, diagnostics)
+
+    diagnostics["max_radius_um"] = float(g.radius.max())
+    diagnostics["median_radius_um"] = float(np.median(g.radius))
+    in_depth = g.nodes[:, 2] <= params.cortex_depth_um
+    if not in_depth.any():
+        lo, hi = g.bounding_box()
+        diagnostics["lateral_extent_um"] = (hi - lo)[:2].tolist()
+        return [], ExtractionReport(0, rejected, 0, params, diagnostics)
+
+    xy = g.nodes[in_depth, :2]
+    lo_xy = xy.min(axis=0)
+    extent = xy.max(axis=0) - lo_xy
+    diagnostics["lateral_extent_um"] = extent.tolist()
+    n_cols, n_rows = (np.floor(extent / fov[:2]).astype(np.int64) + 1).tolist()
+    n_pillars = n_cols * n_rows
+
+    # pillar index of every node (-1: deeper than the cortex)
+    cell = np.floor((g.nodes[:, :2] - lo_xy) / fov[:2]).astype(np.int64)
+    cell = np.clip(cell, 0, [n_cols - 1, n_rows - 1])  # nodes deeper than the cortex may lie outside
+    pillar = np.where(in_depth, cell[:, 0] * n_rows + cell[:, 1], -1)
+    valid = pillar >= 0
+    pv = pillar[valid]
+
+    # rule 1: nodes per pillar
+    counts = np.bincount(pv, minlength=n_pillars)
+    diagnostics["max_pillar_nodes"] = int(counts.max())
+    alive = counts >= params.min_nodes_per_pillar
+    rejected["too_few_nodes"] = int((~alive).sum())
+
+    # rule 2: surface vessels = nodes in the pillar on an edge with radius > threshold
+    node_rmax = np.zeros(g.n_nodes)
+    np.maximum.at(node_rmax, g.edges[:, 0], g.radius)
+    np.maximum.at(node_rmax, g.edges[:, 1], g.radius)
+    surface = valid & (node_rmax > params.surface_radius_um)
+    top_z = _group_reduce(np.minimum, pillar[surface], g.nodes[surface, 2], n_pillars, np.inf)
+    max_r = _group_reduce(np.maximum, pv, node_rmax[valid], n_pillars, 0.0)
+    has_surface = np.isfinite(top_z)
+    rejected["no_surface_vessel"] = int((alive & ~has_surface).sum())
+    alive &= has_surface
+
+    # rule 3: the patch must end within the cortex
+    start = top_z - max_r
+    if alive.any():
+        diagnostics["min_patch_start_um"] = float(start[alive].min())
+    fits = start + fov[2] <= params.cortex_depth_um
+    rejected["below_cortex_depth"] = int((alive & ~fits).sum())
+    alive &= fits
+
+    # rule 4: crop, count edges, translate
+    patches: list[Patch] = []
+    max_edges = 0
+    for pid in tqdm(np.flatnonzero(alive), desc="patches", unit="patch", disable=not progress):
+        i, j = divmod(int(pid), n_rows)
+        origin = np.array([lo_xy[0] + i * fov[0], lo_xy[1] + j * fov[1], start[pid]])
+        sub = g.crop(origin, origin + fov)
+        max_edges = max(max_edges, sub.n_edges)
+        if sub.n_edges < params.min_edges or sub.n_edges == 0:
+            rejected["too_few_edges"] += 1
+            continue
+        sub = sub.translate(-origin)
+        sub.meta = {**sub.meta, "patch_origin_um": origin.tolist(), "patch_size_um": fov.tolist(),
+                    "pillar": [i, j]}
+        patches.append(Patch(sub, origin, fov.copy(), (i, j)))
+    diagnostics["max_patch_edges"] = int(max_edges)
+    return patches, ExtractionReport(n_pillars, rejected, len(patches), params, diagnostics)
