@@ -13,7 +13,7 @@ import sys
 from octasim import __version__
 
 #: subcommand modules, in the order ``octasim --help`` lists them
-SUBCOMMANDS = ["graph", "generate", "train", "segment", "evaluate", "demo"]
+SUBCOMMANDS = ["graph", "generate", "train", "segment", "evaluate", "convert", "demo"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -1,0 +1,40 @@
+import argparse
+
+import pytest
+
+from pipelines.cli import SUBCOMMANDS, build_parser, main
+
+
+def _subparsers(parser: argparse.ArgumentParser, prefix=()):
+    """Yield (command path, parser) for every (nested) subcommand."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from _subparsers(sub, (*prefix, name))
+
+
+def test_every_subcommand_is_registered():
+    registered = {path[0] for path, _ in _subparsers(build_parser())}
+    assert set(SUBCOMMANDS) <= registered
+
+
+def test_every_option_of_every_command_is_explained():
+    for path, sub in _subparsers(build_parser()):
+        for action in sub._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help and len(action.help) > 8, f"octasim {' '.join(path)} {action.dest}: no help text"
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_help_exits_cleanly(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: octasim " + command in capsys.readouterr().out
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert main([]) == 1
+    assert "COMMAND" in capsys.readouterr().out

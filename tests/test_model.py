@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from octasim.model import (CHECKPOINT_FORMAT, CheckpointError, build_unet, load_checkpoint,
+                           model_from_checkpoint, save_checkpoint)
+
+class _Evil:
+    pass
+
+
+TINY = {"channels": [4, 8], "strides": [2], "num_res_units": 0, "dropout": 0.0}
+
+
+def test_checkpoint_round_trip_restores_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = build_unet(TINY).eval()
+    save_checkpoint(tmp_path / "c.pt", {"model_state": model.state_dict(), "model_config": TINY, "voxel_size_um": 2.0})
+    state = load_checkpoint(tmp_path / "c.pt")
+    assert state["format"] == CHECKPOINT_FORMAT and state["voxel_size_um"] == 2.0
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), model_from_checkpoint(state)(x))
+
+
+def test_checkpoint_with_code_or_wrong_version_is_refused(tmp_path):
+    # a pickled object that is not plain data (here a Python set of a class instance) must not load
+    torch.save({"model_state": {}, "model_config": {}, "obj": _Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(tmp_path / "evil.pt")
+    torch.save({"format": 999, "model_state": {}, "model_config": {}}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="format 999"):
+        load_checkpoint(tmp_path / "old.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="no such"):
+        load_checkpoint(tmp_path / "missing.pt")

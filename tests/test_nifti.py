@@ -1,0 +1,64 @@
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from octasim.nifti import VolumeError, list_volumes, read_volume, spacing_from_affine, write_volume
+
+
+def test_round_trip_keeps_data_and_spacing_in_mm(tmp_path):
+    data = np.random.default_rng(0).random((5, 6, 7)).astype(np.float32)
+    path = write_volume(tmp_path / "v.nii.gz", data, spacing_um=(1.0, 1.0, 5.0))
+    img = nib.load(str(path))
+    assert np.allclose(img.header.get_zooms(), (0.001, 0.001, 0.005))
+    assert img.header.get_xyzt_units()[0] == "mm"
+    vol = read_volume(path)
+    assert np.array_equal(vol.data, data)
+    assert np.allclose(vol.spacing_um, (1.0, 1.0, 5.0), rtol=1e-6)
+
+
+def test_write_keeps_input_affine_and_dtype(tmp_path):
+    affine = np.array([[0, -0.002, 0, 1.0], [0.002, 0, 0, 2.0], [0, 0, 0.004, 3.0], [0, 0, 0, 1]])
+    path = write_volume(tmp_path / "m.nii", np.ones((3, 3, 3), np.uint8), affine=affine)
+    img = nib.load(str(path))
+    assert np.allclose(img.affine, affine)
+    assert img.get_data_dtype() == np.uint8
+    assert np.allclose(spacing_from_affine(affine), (2.0, 2.0, 4.0))
+
+
+def test_single_channel_4d_is_squeezed(tmp_path):
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4, 1), np.float32), np.eye(4)), str(tmp_path / "c.nii.gz"))
+    assert read_volume(tmp_path / "c.nii.gz").data.shape == (4, 4, 4)
+
+
+@pytest.mark.parametrize("shape, message", [((8, 8), "2D"), ((8, 8, 1), "2D"), ((4, 4, 4, 3), "single channel")])
+def test_wrong_dimensionality_is_named(tmp_path, shape, message):
+    path = tmp_path / "bad.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones(shape, np.float32), np.eye(4)), str(path))
+    with pytest.raises(VolumeError, match=message) as err:
+        read_volume(path)
+    assert "bad.nii.gz" in str(err.value)
+
+
+def test_nan_missing_and_truncated_files(tmp_path):
+    data = np.ones((4, 4, 4), np.float32)
+    data[1, 1, 1] = np.nan
+    write_volume(tmp_path / "nan.nii.gz", data, spacing_um=2)
+    with pytest.raises(VolumeError, match="NaN"):
+        read_volume(tmp_path / "nan.nii.gz")
+    with pytest.raises(VolumeError, match="no such file"):
+        read_volume(tmp_path / "missing.nii.gz")
+    good = write_volume(tmp_path / "good.nii.gz", np.ones((20, 20, 20), np.float32), spacing_um=2)
+    raw = good.read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(VolumeError, match="truncated") as err:
+        read_volume(tmp_path / "cut.nii.gz")
+    assert "cut.nii.gz" in str(err.value)
+    assert gzip.decompress(raw)  # the original is intact
+
+
+def test_list_volumes_expands_folders(tmp_path):
+    for name in ("b.nii.gz", "a.nii", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in list_volumes([tmp_path])] == ["a.nii", "b.nii.gz"]
