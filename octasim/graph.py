@@ -30,8 +30,8 @@ class VesselGraph:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.nodes = np.asarray(self.nodes, dtype=np.float64).reshape(-1, 3)
-        self.edges = np.asarray(self.edges, dtype=np.int64).reshape(-1, 2)
+        self.nodes = _as_table(self.nodes, 3, np.float64, "nodes")
+        self.edges = _as_table(self.edges, 2, np.int64, "edges")
         self.radius = np.asarray(self.radius, dtype=np.float64).reshape(-1)
         self.node_attrs = {k: np.asarray(v) for k, v in self.node_attrs.items()}
         self.edge_attrs = {k: np.asarray(v) for k, v in self.edge_attrs.items()}
@@ -269,19 +269,51 @@ class VesselGraph:
 
     @classmethod
     def from_networkx(cls, g, pos_key: str = "pos", radius_key: str = "radius") -> "VesselGraph":
-        """Build from a networkx graph whose nodes carry ``pos`` = (x, y, z) and edges ``radius`` (um)."""
+        """Build from a networkx graph whose nodes carry ``pos`` = (x, y, z) and edges ``radius`` (um).
+
+        Other scalar attributes that every node (edge) carries become node (edge) attributes.
+        """
         index = {n: i for i, n in enumerate(g.nodes)}
         try:
             nodes = np.array([g.nodes[n][pos_key] for n in g.nodes], dtype=float).reshape(-1, 3)
         except KeyError as exc:
             raise GraphError(f"a node has no {pos_key!r} attribute") from exc
-        edges, radius = [], []
+        edges, radius, edata = [], [], []
         for a, b, data in g.edges(data=True):
             if radius_key not in data:
                 raise GraphError(f"edge ({a}, {b}) has no {radius_key!r} attribute")
             edges.append((index[a], index[b]))
             radius.append(float(data[radius_key]))
-        return cls(nodes, np.array(edges, dtype=np.int64).reshape(-1, 2), np.array(radius))
+            edata.append(data)
+        return cls(nodes, np.array(edges, dtype=np.int64).reshape(-1, 2), np.array(radius),
+                   _common_attrs([g.nodes[n] for n in g.nodes], pos_key), _common_attrs(edata, radius_key))
+
+
+def _common_attrs(items: list[dict], skip: str) -> dict[str, np.ndarray]:
+    """Scalar attributes that every dict in ``items`` has (except ``skip``), as arrays."""
+    if not items:
+        return {}
+    names = set(items[0]).difference({skip})
+    for d in items[1:]:
+        names &= d.keys()
+    out = {}
+    for name in sorted(names):
+        values = [d[name] for d in items]
+        if all(isinstance(v, (bool, int, float, str, np.generic)) for v in values):
+            out[name] = np.asarray(values)
+    return out
+
+
+def _as_table(values, width: int, dtype, name: str) -> np.ndarray:
+    """(n, width) array; a flat array of a multiple of ``width`` values is accepted, any other shape is refused."""
+    arr = np.asarray(values, dtype=dtype)
+    if arr.size == 0:
+        return arr.reshape(0, width)
+    if arr.ndim == 1 and arr.size % width == 0:
+        return arr.reshape(-1, width)
+    if arr.ndim != 2 or arr.shape[1] != width:
+        raise GraphError(f"{name} must be an (n, {width}) array, got shape {arr.shape}")
+    return arr
 
 
 def _plain(value):
