@@ -35,7 +35,10 @@ FORMAT_VERSION = 1
 #: surface vessels still fits above the bottom of the block
 PROCEDURAL_EXTRA_DEPTH_UM = 150.0
 #: lateral margin (um) of a procedural block beyond the FOV
-PROCEDURAL_MARGIN_UM = 40.0
+PROCEDURAL_MARGIN_UM = 20.0
+#: smallest lateral size (um) of a procedural block: smaller blocks lack realistic pial trunks
+#: (radius > 13 um), so small FOVs are cut from a block of this size (generation costs ~0.03 s)
+PROCEDURAL_MIN_LATERAL_UM = 500.0
 #: how many fresh procedural blocks are tried before giving up on a sample
 PROCEDURAL_ATTEMPTS = 8
 #: the contact sheet shows at most this many samples (the first ones)
@@ -167,14 +170,25 @@ def _extract_params(config: SynthConfig):
     return params
 
 
+#: the extractor's advice names ``octasim graph extract`` options; their ``octasim generate`` twins
+_OPTION_NAMES = (("--voxel-size UM", "--graph-voxel-size UM"), ("--surface-radius-um", "--extract surface_radius_um=UM"),
+                 ("--min-nodes", "--extract min_nodes_per_pillar=N"), ("--min-edges", "--extract min_edges=N"),
+                 ("--cortex-depth-um", "--extract cortex_depth_um=UM"),
+                 ("--fov-um", "FOV (--shape x --voxel-size)"))
+
+
 def _report_text(report) -> str:
+    """The extractor's summary and advice, with option names as ``octasim generate`` spells them."""
     parts = []
     for attr in ("summary", "advice"):
         fn = getattr(report, attr, None)
         text = fn() if callable(fn) else fn
         if text:
             parts.append(str(text).strip())
-    return "\n".join(parts)
+    text = "\n".join(parts)
+    for old, new in _OPTION_NAMES:
+        text = text.replace(old, new)
+    return text
 
 
 class GraphPatchSource:
@@ -206,7 +220,9 @@ class GraphPatchSource:
 
 
 class ProceduralPatchSource:
-    """A fresh procedural cortex block per sample, just big enough for one FOV patch."""
+    """A fresh procedural cortex block per sample, just big enough for one FOV patch (laterally
+    at least ``PROCEDURAL_MIN_LATERAL_UM`` so that it holds pial trunks), cut with the extractor;
+    one of its patches is taken at random."""
 
     def __init__(self, config: SynthConfig):
         from octasim.generator import CortexParams
@@ -215,7 +231,8 @@ class ProceduralPatchSource:
         overrides = dict(config.cortex)
         size = overrides.pop("size_um", None)
         if size is None:
-            size = (fov[0] + PROCEDURAL_MARGIN_UM, fov[1] + PROCEDURAL_MARGIN_UM,
+            size = (max(fov[0], PROCEDURAL_MIN_LATERAL_UM) + PROCEDURAL_MARGIN_UM,
+                    max(fov[1], PROCEDURAL_MIN_LATERAL_UM) + PROCEDURAL_MARGIN_UM,
                     fov[2] + PROCEDURAL_EXTRA_DEPTH_UM)
         known = {f.name for f in fields(CortexParams)}
         unknown = sorted(set(overrides) - known)
@@ -225,6 +242,8 @@ class ProceduralPatchSource:
         self.cortex_params = CortexParams(size_um=tuple(float(s) for s in size), **overrides)
         self.extract_params = _extract_params(config)
         self.fov = fov
+        # probe one block now, so that parameters that can never yield a patch fail before any work
+        self.draw(np.random.default_rng(config.seed), -1)
 
     def draw(self, rng: np.random.Generator, seed: int):
         from octasim.extract import extract_patches
@@ -295,10 +314,11 @@ _RESOLVED_CACHE: dict[str, SynthConfig] = {}
 
 
 def _resolve_cached(config: SynthConfig) -> SynthConfig:
-    if isinstance(config.profile, dict) and config.profile_name is not None:
-        return config
+    """``config.resolved()``, memoized per process (render_sample is called per training volume)."""
     key = json.dumps(config.to_dict(), sort_keys=True)
     if key not in _RESOLVED_CACHE:
+        if len(_RESOLVED_CACHE) > 64:
+            _RESOLVED_CACHE.clear()
         _RESOLVED_CACHE[key] = config.resolved()
     return _RESOLVED_CACHE[key]
 
@@ -447,14 +467,13 @@ def generate_dataset(config: SynthConfig, out_dir: str | Path, n: int, workers: 
     config = config.resolved()
     out = Path(out_dir)
     _check_folder(out, config)
+    # fail early, before anything is written, with a clear message if the source yields no patch
+    patch_source_for(config)
     for sub in SUBDIRS:
         (out / sub).mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out)
     manifest_path = out / "dataset.json"
     _write_json(manifest_path, _manifest(config, n, [], complete=False))
-
-    # fail early (in this process, with a clear message) if the source yields no patch
-    patch_source_for(config)
 
     records: dict[int, dict] = {}
     mips: dict[int, np.ndarray] = {}

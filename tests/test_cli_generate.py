@@ -1,0 +1,104 @@
+"""Tests of ``octasim generate`` run in-process through pipelines.cli.main."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from octasim.graph import VesselGraph
+from pipelines.cli import main
+
+SMALL = ["--shape", "32", "--voxel-size", "5", "--seed", "7"]
+
+
+def test_generate_writes_dataset(tmp_path, capsys):
+    out = tmp_path / "ds"
+    rc = main(["generate", "--out", str(out), "--n", "2", *SMALL, "--profile", "octa",
+               "--set", "len_tail=0.5", "--set", "granular_noise_std=[0.5, 1.0]"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert str(out / "dataset.json") in printed and "contact_sheet.png" in printed
+    data = json.loads((out / "dataset.json").read_text())
+    assert data["n"] == 2 and data["shape"] == [32, 32, 32] and data["voxel_size_um"] == 5.0
+    assert data["config"]["profile"]["len_tail"] == 0.5
+    assert data["config"]["profile"]["granular_noise_std"] == [0.5, 1.0]
+    for s in data["samples"]:
+        assert s["profile"] == "octa" and s["params"]["len_tail"] == 0.5
+        assert 0.5 <= s["params"]["granular_noise_std"] <= 1.0
+        assert (out / s["image"]).exists() and (out / s["label"]).exists() and (out / s["qc"]).exists()
+    # the same command again resumes (nothing to do) and succeeds
+    assert main(["generate", "--out", str(out), "--n", "2", *SMALL, "--profile", "octa",
+                 "--set", "len_tail=0.5", "--set", "granular_noise_std=[0.5, 1.0]"]) == 0
+
+
+def test_generate_from_graph_file_and_no_qc(tmp_path):
+    from octasim.generator import CortexParams, generate_cortex
+    from octasim.graph_io import write_graph
+
+    graph = tmp_path / "cortex.npz"
+    write_graph(generate_cortex(CortexParams(size_um=(520, 520, 320)), seed=2), graph)
+    out = tmp_path / "ds"
+    assert main(["generate", "--out", str(out), "--n", "1", *SMALL, "--graph", str(graph), "--no-qc"]) == 0
+    data = json.loads((out / "dataset.json").read_text())
+    assert data["samples"][0]["source"]["graph"] == str(graph.resolve())
+    assert data["samples"][0]["qc"] is None and not (out / "contact_sheet.png").exists()
+
+
+def test_unknown_profile_key(tmp_path, capsys):
+    rc = main(["generate", "--out", str(tmp_path / "x"), "--n", "1", *SMALL, "--set", "tail_lenght=3"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "octasim generate: error:" in err and "tail_lenght" in err
+    assert main(["generate", "--out", str(tmp_path / "x"), "--n", "1", *SMALL, "--set", "oops"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_unknown_profile_name(tmp_path, capsys):
+    assert main(["generate", "--out", str(tmp_path / "x"), "--n", "1", *SMALL, "--profile", "ocat"]) == 2
+    assert "ocat" in capsys.readouterr().err
+
+
+def test_graph_without_patch(tmp_path, capsys):
+    from octasim.graph_io import write_graph
+
+    rng = np.random.default_rng(1)
+    nodes = rng.uniform(0, 50, size=(300, 3))
+    graph = tmp_path / "voxel_units.npz"
+    write_graph(VesselGraph(nodes, np.stack([np.arange(299), np.arange(1, 300)], 1), np.full(299, 1.5)), graph)
+    rc = main(["generate", "--out", str(tmp_path / "x"), "--n", "1", *SMALL, "--graph", str(graph)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert str(graph) in err and "no_surface_vessel" in err and "--graph-voxel-size" in err
+    assert not (tmp_path / "x").exists()  # nothing written: a corrected command can use the same folder
+
+
+def test_procedural_rejection_is_explained(tmp_path, capsys):
+    rc = main(["generate", "--out", str(tmp_path / "x"), "--n", "1", *SMALL, "--extract", "min_edges=1000000"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "procedural cortex" in err and "too_few_edges" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_folder_holding_another_dataset(tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert main(["generate", "--out", str(out), "--n", "1", *SMALL, "--no-qc"]) == 0
+    rc = main(["generate", "--out", str(out), "--n", "1", "--shape", "32", "--voxel-size", "5",
+               "--seed", "8", "--no-qc"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "different dataset" in err and "seed" in err
+
+
+def test_bad_shape(tmp_path, capsys):
+    assert main(["generate", "--out", str(tmp_path / "x"), "--n", "1", "--shape", "32", "32"]) == 2
+    assert "--shape" in capsys.readouterr().err
+
+
+def test_help_lists_units(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--graph-voxel-size", "--voxel-size", "--set", "--workers", "--no-qc", "um"):
+        assert option in text
