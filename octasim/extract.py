@@ -120,29 +120,38 @@ class ExtractionReport:
         if self.n_pillars == 0:
             return ("the graph has no nodes within the cortex depth range "
                     f"(z <= {p.cortex_depth_um:g} um, after dropping nodes outside the brain); "
-                    "check that z is depth in um, increasing into the brain (voxel-unit graphs need --voxel-size).")
+                    "check that z is depth in um, increasing into the brain (voxel-unit graphs need their "
+                    "voxel size: `octasim graph` --voxel-size UM, read_graph(voxel_size_um=)).")
         rule = max(RULES, key=lambda r: self.rejected.get(r, 0))  # first rule wins ties
         max_r = d.get("max_radius_um", float("nan"))
         med_r = d.get("median_radius_um", float("nan"))
         extent = d.get("lateral_extent_um", [float("nan")] * 2)
-        voxel_hint = ("the graph is probably in voxel units: pass its voxel size (--voxel-size UM on the "
-                      "command line, voxel_size_um= in read_graph)")
+        vs = d.get("voxel_size_um")
+        if vs is None:
+            voxel_hint = ("if the graph is stored in voxel units, pass its voxel size (`octasim graph` "
+                          "--voxel-size UM, read_graph(voxel_size_um=))")
+        else:
+            voxel_hint = (f"the graph was read with a voxel size of {vs:g} um; if that is not its real voxel "
+                          "size, pass the right one (`octasim graph` --voxel-size UM, "
+                          "read_graph(voxel_size_um=))")
         head = f"most pillars ({self.rejected[rule]} of {self.n_pillars}) were rejected by rule {rule!r}: "
         if rule == "no_surface_vessel":
+            far = max_r < p.surface_radius_um / 2 or med_r < 1.0
             msg = (f"the largest vessel radius is {max_r:.3g} (median {med_r:.3g}), "
-                   f"{'far ' if max_r < p.surface_radius_um / 2 else ''}below the surface-vessel threshold "
-                   f"{p.surface_radius_um:g} um. ")
-            if max_r < p.surface_radius_um or med_r < 1.0:
-                msg += voxel_hint + "; or, if the graph has no pial vessels, lower --surface-radius-um."
+                   f"{'far ' if far else ''}below the surface-vessel threshold {p.surface_radius_um:g} um. ")
+            if max_r <= p.surface_radius_um:
+                msg += (("Units look wrong: " if far else "") + voxel_hint[0].upper() + voxel_hint[1:]
+                        + "; if the graph has no pial vessels (e.g. a piece cut below the surface), "
+                        "lower --surface-radius-um.")
             else:
-                msg += ("some pillars hold no pial vessel; lower --surface-radius-um or use a larger --fov-um.")
+                msg += "Some pillars hold no pial vessel; lower --surface-radius-um or use a larger --fov-um."
             return head + msg
         if rule == "too_few_nodes":
             msg = (f"pillars hold at most {d.get('max_pillar_nodes', 0)} nodes (need {p.min_nodes_per_pillar}); "
                    f"the graph spans {extent[0]:.4g} x {extent[1]:.4g} laterally for pillars of "
                    f"{p.fov_um[0]:g} x {p.fov_um[1]:g} um. ")
             if max(extent) < min(p.fov_um[:2]) or med_r < 1.0:
-                msg += voxel_hint + "; otherwise "
+                msg += voxel_hint[0].upper() + voxel_hint[1:] + "; otherwise "
             return head + msg + "lower --min-nodes, or use a smaller --fov-um (thresholds scale with it)."
         if rule == "below_cortex_depth":
             return head + (f"patches would start at depth {d.get('min_patch_start_um', float('nan')):.4g} um or "
@@ -150,7 +159,7 @@ class ExtractionReport:
                            "into the brain (surface at small z); otherwise raise --cortex-depth-um or use a "
                            "smaller FOV depth.")
         return head + (f"the fullest candidate patch has {d.get('max_patch_edges', 0)} edges (need {p.min_edges}). "
-                       "Lower --min-edges or use a larger --fov-um; a sparse graph in voxel units also looks "
+                       "Lower --min-edges or use a larger --fov-um; a graph in the wrong units also looks "
                        "like this (" + voxel_hint + ").")
 
 
@@ -161,13 +170,62 @@ def _group_reduce(ufunc, groups: np.ndarray, values: np.ndarray, n: int, fill: f
     return out
 
 
+def _csr(keys: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
+    """(order, starts): ``order[starts[k]:starts[k + 1]]`` are the positions where ``keys == k``."""
+    order = np.argsort(keys, kind="stable")
+    starts = np.zeros(n_keys + 1, dtype=np.int64)
+    np.cumsum(np.bincount(keys, minlength=n_keys), out=starts[1:])
+    return order, starts
+
+
+def _gather(order: np.ndarray, starts: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Concatenation of the CSR rows of ``keys`` (vectorized)."""
+    lo, hi = starts[keys], starts[keys + 1]
+    counts = hi - lo
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    shift = np.repeat(lo - np.cumsum(counts) + counts, counts)
+    return order[shift + np.arange(total)]
+
+
+class _LocalCropper:
+    """Same result as :meth:`VesselGraph.crop` for boxes aligned with the pillar grid, touching only
+    the nodes of the pillar and its neighbours, so that a whole-brain graph with thousands of
+    pillars is cut in time linear in its size (not pillars x size)."""
+
+    def __init__(self, g: VesselGraph, lo_xy: np.ndarray, side: np.ndarray, n_cols: int, n_rows: int):
+        self.g, self.n_rows = g, n_rows + 2
+        # cells of an extended grid (one ring of border cells) so that rounding at pillar faces is
+        # covered by looking at the neighbouring cells too; the exact box test follows
+        cell = np.floor((g.nodes[:, :2] - lo_xy) / side).astype(np.int64) + 1
+        cell = np.clip(cell, 0, [n_cols + 1, n_rows + 1])
+        key = cell[:, 0] * self.n_rows + cell[:, 1]
+        self.node_order, self.node_starts = _csr(key, (n_cols + 2) * self.n_rows)
+        self.edge_order, self.edge_starts = _csr(g.edges.ravel(), g.n_nodes)
+
+    def crop(self, i: int, j: int, lo: np.ndarray, hi: np.ndarray) -> VesselGraph:
+        g = self.g
+        cells = np.array([(i + 1 + di) * self.n_rows + (j + 1 + dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)])
+        cand = _gather(self.node_order, self.node_starts, cells)
+        pos = g.nodes[cand]
+        inside = cand[((pos >= lo) & (pos < hi)).all(axis=1)]
+        keep = np.unique(_gather(self.edge_order, self.edge_starts, inside) // 2)  # edge ids, ascending
+        ends = g.edges[keep]
+        used, new_edges = np.unique(ends, return_inverse=True)  # nodes in source order, as select_edges
+        return VesselGraph(g.nodes[used], new_edges.reshape(-1, 2), g.radius[keep],
+                           {k: v[used] for k, v in g.node_attrs.items()},
+                           {k: v[keep] for k, v in g.edge_attrs.items()}, dict(g.meta))
+
+
 def extract_patches(graph: VesselGraph, params: ExtractParams = ExtractParams(),
                     progress: bool = False) -> tuple[list[Patch], ExtractionReport]:
     """Cut FOV-sized patches out of ``graph`` (um, z = depth) with the reference method's rules.
 
     Returns the patches (each translated so its box corner is the origin) and a report of how many
     pillars each rule rejected. Pillars are laid from the graph's lateral minimum (x, y) with side
-    ``params.fov_um[:2]``; the last row / column may extend past the graph. Nodes above z = 0 (e.g.
+    ``params.fov_um[:2]``; the last row / column may extend past the graph (nodes exactly on the
+    graph's far face count in the last pillar). Nodes above z = 0 (e.g.
     pial vessels lying on the surface) count as part of the pillar.
     """
     from tqdm.auto import tqdm
@@ -177,6 +235,8 @@ def extract_patches(graph: VesselGraph, params: ExtractParams = ExtractParams(),
     if params.outside_attr and params.outside_attr in g.node_attrs:
         g = g.select_nodes(~g.node_attrs[params.outside_attr].astype(bool))
     diagnostics: dict[str, Any] = {"n_nodes": g.n_nodes, "n_edges": g.n_edges}
+    if "voxel_size_um" in graph.meta:  # recorded by read_graph for voxel-unit formats
+        diagnostics["voxel_size_um"] = float(graph.meta["voxel_size_um"])
     rejected = {r: 0 for r in RULES}
     if g.n_nodes == 0 or g.n_edges == 0:
         return [], ExtractionReport(0, rejected, 0, params, diagnostics)
@@ -193,12 +253,13 @@ def extract_patches(graph: VesselGraph, params: ExtractParams = ExtractParams(),
     lo_xy = xy.min(axis=0)
     extent = xy.max(axis=0) - lo_xy
     diagnostics["lateral_extent_um"] = extent.tolist()
-    n_cols, n_rows = (np.floor(extent / fov[:2]).astype(np.int64) + 1).tolist()
+    # ceil: a graph exactly n FOVs wide (nodes on its far face) gives n pillars, not n + a sliver
+    n_cols, n_rows = np.maximum(1, np.ceil(extent / fov[:2] - 1e-6)).astype(np.int64).tolist()
     n_pillars = n_cols * n_rows
 
     # pillar index of every node (-1: deeper than the cortex)
     cell = np.floor((g.nodes[:, :2] - lo_xy) / fov[:2]).astype(np.int64)
-    cell = np.clip(cell, 0, [n_cols - 1, n_rows - 1])  # nodes deeper than the cortex may lie outside
+    cell = np.clip(cell, 0, [n_cols - 1, n_rows - 1])  # far-face nodes into the last pillar
     pillar = np.where(in_depth, cell[:, 0] * n_rows + cell[:, 1], -1)
     valid = pillar >= 0
     pv = pillar[valid]
@@ -229,12 +290,13 @@ def extract_patches(graph: VesselGraph, params: ExtractParams = ExtractParams(),
     alive &= fits
 
     # rule 4: crop, count edges, translate
+    cropper = _LocalCropper(g, lo_xy, fov[:2], n_cols, n_rows) if alive.any() else None
     patches: list[Patch] = []
     max_edges = 0
     for pid in tqdm(np.flatnonzero(alive), desc="patches", unit="patch", disable=not progress):
         i, j = divmod(int(pid), n_rows)
         origin = np.array([lo_xy[0] + i * fov[0], lo_xy[1] + j * fov[1], start[pid]])
-        sub = g.crop(origin, origin + fov)
+        sub = cropper.crop(i, j, origin, origin + fov)
         max_edges = max(max_edges, sub.n_edges)
         if sub.n_edges < params.min_edges or sub.n_edges == 0:
             rejected["too_few_edges"] += 1

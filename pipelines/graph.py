@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -194,8 +195,7 @@ def run_extract(args) -> int:
     for patch in patches:
         path = out / f"{patch.name}.npz"
         patch.graph.meta = {**patch.graph.meta, "source": str(args.graph)}
-        with atomic_path(path) as tmp:
-            write_graph(patch.graph, tmp, fmt="npz")
+        write_graph(patch.graph, path, fmt="npz")  # atomic
         records.append({"file": path.name, "pillar": list(patch.pillar),
                         "origin_um": [round(float(v), 6) for v in patch.origin_um],
                         "size_um": [float(v) for v in patch.size_um],
@@ -203,13 +203,14 @@ def run_extract(args) -> int:
     written = {r["file"] for r in records}
     stale = sorted(p.name for p in out.glob("patch_*.npz") if p.name not in written)
     summary = {"source": str(args.graph), "voxel_size_um": args.voxel_size,
-               "params": asdict(params), "report": report.to_dict(), "patches": records}
+               "params": asdict(params),
+               "report": {k: v for k, v in report.to_dict().items() if k != "params"}, "patches": records}
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     print(report.summary())
     edges = [r["n_edges"] for r in records]
     print(f"wrote {len(records)} patches to {out} (edges per patch: min {min(edges):,}, "
-          f"median {sorted(edges)[len(edges) // 2]:,}, max {max(edges):,}) and summary.json")
+          f"median {statistics.median(edges):,.0f}, max {max(edges):,}) and summary.json")
     if stale:
         print(f"note: {len(stale)} older patch file(s) in {out} are not from this run "
               f"(e.g. {stale[0]}); summary.json lists this run's patches", file=sys.stderr)

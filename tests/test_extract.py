@@ -167,3 +167,47 @@ def test_empty_and_deep_graphs():
     patches, report = extract_patches(deep, PARAMS)
     assert patches == [] and report.n_pillars == 0 and "depth" in report.advice()
     assert isinstance(report, ExtractionReport)
+
+
+def test_graph_exactly_n_fovs_wide_gives_n_pillars():
+    g, _ = five_pillar_graph()
+    # a node on the far face x = 500 (and y = 100) must not open a sixth column / second row
+    nodes = np.vstack([g.nodes, [[500.0, 100.0, 150.0]]])
+    edges = np.vstack([g.edges, [[g.n_nodes - 1, g.n_nodes]]])
+    g2 = VesselGraph(nodes, edges, np.append(g.radius, 3.0))
+    patches, report = extract_patches(g2, PARAMS)
+    assert report.n_pillars == 5 and len(patches) == 1
+
+
+def test_local_crop_equals_vesselgraph_crop():
+    from octasim.extract import _LocalCropper
+
+    rng = np.random.default_rng(2)
+    n = 4000
+    nodes = rng.uniform(0, [300, 300, 200], (n, 3))
+    nodes[:50, 0] = 100.0  # nodes exactly on pillar faces
+    nodes[50:100, 1] = 200.0
+    edges = rng.integers(0, n, (6000, 2))
+    g = VesselGraph(nodes, edges, rng.uniform(1, 5, 6000), {"flag": np.arange(n) % 3 == 0},
+                    {"kind": rng.integers(0, 5, 6000)})
+    cropper = _LocalCropper(g, np.zeros(2), np.array([100.0, 100.0]), 3, 3)
+    for i, j, z in [(0, 0, 0.0), (1, 1, 50.0), (2, 1, -10.0), (1, 2, 150.0)]:
+        lo = np.array([100.0 * i, 100.0 * j, z])
+        hi = lo + 100.0
+        a, b = cropper.crop(i, j, lo, hi), g.crop(lo, hi)
+        assert a.n_edges > 0
+        np.testing.assert_array_equal(a.nodes, b.nodes)
+        np.testing.assert_array_equal(a.edges, b.edges)
+        np.testing.assert_array_equal(a.radius, b.radius)
+        np.testing.assert_array_equal(a.node_attrs["flag"], b.node_attrs["flag"])
+        np.testing.assert_array_equal(a.edge_attrs["kind"], b.edge_attrs["kind"])
+
+
+def test_advice_names_the_voxel_size_the_graph_was_read_with():
+    rng = np.random.default_rng(1)
+    g = _dense_block(rng, 400, 6000, 0.25)
+    g.meta["voxel_size_um"] = 1.0  # as read_graph records for a voxel format read without --voxel-size
+    patches, report = extract_patches(g, ExtractParams().scaled_to((50, 50, 50)))
+    assert patches == []
+    advice = report.advice()
+    assert "Units look wrong" in advice and "voxel size of 1 um" in advice and "--voxel-size" in advice
