@@ -1,0 +1,298 @@
+"""Segmenting scans: sliding-window U-Net inference, Otsu / Frangi baselines, and batch processing of files.
+
+Units: voxel sizes in um, component volumes in um^3. Arrays are indexed (i, j, k); the depth axis is
+moved to k for processing (``depth_axis``) and back for the outputs, which always have the input's
+shape.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from octasim.nifti import NIFTI_SUFFIXES, list_volumes, read_volume, write_volume
+from octasim.preprocess import (from_depth_last, normalize_percentiles, resample, resampled_shape,
+                                to_depth_last)
+
+METHODS = ("unet", "otsu", "frangi")
+DEFAULT_CLIP_PERCENTILES = (0.5, 99.5)
+#: Frangi scales (um): capillaries (r 2-3 um) up to penetrating and pial vessels.
+DEFAULT_FRANGI_SIGMAS_UM = (2.0, 4.0, 8.0)
+
+
+def _clip_percentiles(state: dict[str, Any] | None) -> tuple[float, float]:
+    pre = (state or {}).get("preprocessing") or {}
+    return tuple(pre.get("clip_percentiles", DEFAULT_CLIP_PERCENTILES))
+
+
+def _check_spacing(spacing_um) -> tuple[float, float, float]:
+    spacing = tuple(float(s) for s in spacing_um)
+    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"voxel size must be three positive numbers in um, got {spacing_um}")
+    return spacing
+
+
+def remove_small_components(mask: np.ndarray, spacing_um: Sequence[float], min_volume_um3: float) -> np.ndarray:
+    """Drop 26-connected foreground components smaller than ``min_volume_um3`` (um^3); returns uint8."""
+    mask = np.asarray(mask).astype(bool, copy=False)
+    if min_volume_um3 <= 0 or not mask.any():
+        return mask.astype(np.uint8)
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    voxel_um3 = float(np.prod(_check_spacing(spacing_um)))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1) * voxel_um3
+    keep = sizes >= min_volume_um3
+    keep[0] = False
+    return keep[labels].astype(np.uint8)
+
+
+def _predictor(model, tta: bool, device):
+    """Window batch (N, 1, i, j, k) -> vessel probability, float32; TTA averages lateral flips."""
+    import torch
+
+    channels_last = device.type == "cpu"  # oneDNN's 3D convolutions are faster in NDHWC on CPU
+    flips = [(), (2,), (3,), (2, 3)] if tta else [()]  # i and j only: depth (k) is never flipped
+
+    def predict(x):
+        n = x.shape[0]
+        batch = torch.cat([x.flip(f) if f else x for f in flips]) if tta else x
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last_3d)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+            logits = model(batch)
+        prob = torch.sigmoid(logits.float()).contiguous()
+        if not tta:
+            return prob
+        parts = prob.split(n)
+        return sum(p.flip(f) if f else p for p, f in zip(parts, flips)) / len(flips)
+
+    return predict
+
+
+def prepare_model(state: dict[str, Any], device: str = "auto"):
+    """Build the checkpoint's network on a device for :func:`segment_volume` (returns model, device)."""
+    import torch
+
+    from octasim.model import model_from_checkpoint, resolve_device
+
+    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    model = model_from_checkpoint(state, dev)
+    if dev.type == "cpu":
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model, dev
+
+
+def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[str, Any], device: str = "auto",
+                   overlap: float = 0.5, threshold: float | None = None, sw_batch_size: int = 4, tta: bool = False,
+                   depth_axis: str = "k", min_component_um3: float = 0.0, model=None) -> tuple[np.ndarray, np.ndarray]:
+    """U-Net vessel probability and mask for a 3D scan, both with the scan's shape.
+
+    Steps: percentile clipping and scaling to [0, 1] (the checkpoint's ``preprocessing``); depth
+    axis moved to k; resampling from ``spacing_um`` (um per voxel along i, j, k; may be anisotropic)
+    to the checkpoint's training voxel size; MONAI sliding-window inference (window = the checkpoint's
+    ``patch_size``, Gaussian blending, ``sw_batch_size`` windows per forward pass, ``overlap`` as a
+    fraction of the window) under ``torch.inference_mode`` with float16 autocast on CUDA and fp32 on
+    CPU; optional test-time augmentation averaging flips along the two lateral axes; resampling of the
+    probability back to the input grid; threshold (default: the checkpoint's, else 0.5); optional
+    removal of 26-connected components smaller than ``min_component_um3`` um^3.
+    ``model`` (from :func:`prepare_model`) avoids rebuilding the network for every volume.
+    Returns (probability float32 in [0, 1], mask uint8 in {0, 1}).
+    """
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    spacing = _check_spacing(spacing_um)
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if sw_batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {sw_batch_size}")
+    if volume.ndim != 3:
+        raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
+    if model is None:
+        model, dev = prepare_model(state, device)
+    else:
+        dev = next(model.parameters()).device
+    threshold = float(state.get("threshold", 0.5) if threshold is None else threshold)
+
+    image = normalize_percentiles(volume, _clip_percentiles(state))
+    image, spacing_dl = to_depth_last(image, spacing, depth_axis)
+    train_um = state.get("voxel_size_um", 2.0)
+    grid_shape = resampled_shape(image.shape, spacing_dl, train_um)
+    net_in = resample(image, grid_shape)
+    roi = tuple(int(s) for s in np.broadcast_to(np.asarray(state.get("patch_size", (64, 64, 64))), (3,)))
+
+    with torch.inference_mode():
+        x = torch.from_numpy(np.ascontiguousarray(net_in))[None, None].to(dev)
+        prob_t = sliding_window_inference(x, roi, sw_batch_size, _predictor(model, tta, dev), overlap=overlap,
+                                          mode="gaussian", sw_device=dev, device=dev)
+        prob = prob_t[0, 0].float().cpu().numpy()
+    del x, prob_t
+    prob = resample(prob, image.shape)  # back to the input grid (depth-last order)
+    np.clip(prob, 0.0, 1.0, out=prob)
+    prob = np.ascontiguousarray(from_depth_last(prob, depth_axis))
+    mask = remove_small_components(prob > threshold, spacing, min_component_um3)
+    return prob, mask
+
+
+def otsu_segment(volume: np.ndarray, spacing_um: Sequence[float] = (1.0, 1.0, 1.0), threshold: float | None = None,
+                 clip_percentiles: Sequence[float] = DEFAULT_CLIP_PERCENTILES,
+                 min_component_um3: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Baseline: Otsu threshold of the normalized image (or a fixed ``threshold`` on it, in [0, 1]).
+
+    Returns (normalized image float32 as the score, mask uint8).
+    """
+    from skimage.filters import threshold_otsu
+
+    score = normalize_percentiles(volume, clip_percentiles)
+    t = float(threshold_otsu(score)) if threshold is None else float(threshold)
+    return score, remove_small_components(score > t, spacing_um, min_component_um3)
+
+
+def frangi_segment(volume: np.ndarray, spacing_um: Sequence[float], sigmas_um: Sequence[float] = DEFAULT_FRANGI_SIGMAS_UM,
+                   threshold: float | None = None, clip_percentiles: Sequence[float] = DEFAULT_CLIP_PERCENTILES,
+                   grid_um: float | None = None, min_component_um3: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Baseline: Frangi vesselness for bright vessels, then Otsu (or a fixed ``threshold`` in [0, 1]).
+
+    skimage's Frangi filter assumes isotropic voxels, so the normalized image is resampled to an
+    isotropic grid of ``grid_um`` um (default: the finest voxel size, but not finer than 2 um, to keep
+    memory bounded), filtered with ``sigmas_um`` converted to voxels of that grid, and the vesselness
+    (scaled to [0, 1] by its maximum) is resampled back to the input shape.
+    Returns (vesselness float32 in [0, 1], mask uint8).
+    """
+    from skimage.filters import frangi, threshold_otsu
+
+    spacing = _check_spacing(spacing_um)
+    if not sigmas_um or any(s <= 0 for s in sigmas_um):
+        raise ValueError(f"Frangi scales must be positive (um), got {sigmas_um}")
+    image = normalize_percentiles(volume, clip_percentiles)
+    grid = float(grid_um) if grid_um else max(min(spacing), 2.0)
+    iso = resample(image, resampled_shape(image.shape, spacing, grid))
+    vessel = frangi(iso, sigmas=[s / grid for s in sigmas_um], black_ridges=False, mode="reflect").astype(np.float32)
+    vmax = float(vessel.max())
+    if vmax > 0:
+        vessel /= vmax
+    score = np.clip(resample(vessel, image.shape), 0.0, 1.0)
+    if threshold is None:
+        t = float(threshold_otsu(score)) if score.max() > score.min() else 1.0
+    else:
+        t = float(threshold)
+    return score, remove_small_components(score > t, spacing, min_component_um3)
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+@dataclass
+class SegmentResult:
+    """Outcome for one input file: output paths on success, ``error`` (message) on failure."""
+
+    input: Path
+    prob_path: Path | None = None
+    mask_path: Path | None = None
+    qc_path: Path | None = None
+    vessel_fraction: float | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def output_stem(path: str | Path) -> str:
+    """File name without .nii / .nii.gz."""
+    name = Path(path).name
+    for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str | Path | dict | None = None,
+                  method: str = "unet", threshold: float | None = None, overlap: float = 0.5,
+                  sw_batch_size: int = 4, tta: bool = False, min_component_um3: float = 0.0,
+                  depth_axis: str = "k", device: str = "auto", voxel_size_um: Sequence[float] | None = None,
+                  sigmas_um: Sequence[float] = DEFAULT_FRANGI_SIGMAS_UM, progress: bool | None = None) -> list[SegmentResult]:
+    """Segment NIfTI files (or folders of them) and write, per input, into ``out_dir``:
+    ``<name>_prob.nii.gz`` (float32), ``<name>_mask.nii.gz`` (uint8), both with the input's affine
+    and header, and ``<name>_qc.png`` (mask over orthogonal slices).
+
+    ``model``: checkpoint path or loaded checkpoint dict (required for ``method='unet'``; for the
+    baselines it only supplies the clip percentiles). ``voxel_size_um`` (i, j, k) overrides the
+    headers. A failing input is recorded in its result (``error``) and the others go on; every file
+    is written atomically, so nothing is half-written. Raises ValueError only for problems that
+    concern all inputs (no inputs, unknown method, missing / incompatible checkpoint).
+    """
+    from tqdm.auto import tqdm
+
+    from octasim.model import load_checkpoint
+    from octasim.qc import save_overlay_qc
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    paths = list_volumes(inputs)
+    if not paths:
+        raise ValueError(f"no .nii / .nii.gz files found in {', '.join(map(str, inputs))}")
+    stems = [output_stem(p) for p in paths]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        raise ValueError(f"several inputs share the name {', '.join(dupes)}; their outputs would overwrite "
+                         "each other (segment them into different --out folders)")
+    if voxel_size_um is not None:
+        voxel_size_um = _check_spacing(voxel_size_um)
+    state = None
+    if model is not None:
+        state = model if isinstance(model, dict) else load_checkpoint(model)
+    net = None
+    if method == "unet":
+        if state is None:
+            raise ValueError("--method unet needs a trained model: pass --model runs/NAME/best.pt "
+                             "(or use --method otsu / frangi)")
+        net, _ = prepare_model(state, device)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    results = []
+    bar = tqdm(list(zip(paths, stems)), desc=f"segment ({method})", unit="vol", disable=True if progress is False else (False if progress else None))
+    for path, stem in bar:
+        bar.set_postfix_str(path.name)
+        res = SegmentResult(input=path)
+        start = time.perf_counter()
+        try:
+            vol = read_volume(path)
+            spacing = voxel_size_um or vol.spacing_um
+            if method == "unet":
+                prob, mask = segment_volume(vol.data, spacing, state, overlap=overlap, threshold=threshold,
+                                            sw_batch_size=sw_batch_size, tta=tta, depth_axis=depth_axis,
+                                            min_component_um3=min_component_um3, model=net)
+            elif method == "otsu":
+                prob, mask = otsu_segment(vol.data, spacing, threshold, _clip_percentiles(state), min_component_um3)
+            else:
+                prob, mask = frangi_segment(vol.data, spacing, sigmas_um, threshold, _clip_percentiles(state),
+                                            min_component_um3=min_component_um3)
+            res.prob_path = write_volume(out_dir / f"{stem}_prob.nii.gz", prob.astype(np.float32, copy=False),
+                                         affine=vol.affine, header=vol.header)
+            res.mask_path = write_volume(out_dir / f"{stem}_mask.nii.gz", mask.astype(np.uint8, copy=False),
+                                         affine=vol.affine, header=vol.header)
+            res.vessel_fraction = float(mask.mean())
+            qc_image, _ = to_depth_last(vol.data, spacing, depth_axis)  # QC draws depth (k) downwards
+            qc_mask, _ = to_depth_last(mask, spacing, depth_axis)
+            res.qc_path = save_overlay_qc(qc_image, qc_mask, out_dir / f"{stem}_qc.png",
+                                          title=f"{path.name}: {method}, vessel fraction {res.vessel_fraction:.1%}")
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # one bad input must not stop the others; the message is reported
+            msg = str(exc)
+            if not isinstance(exc, (ValueError, OSError)):
+                msg = f"{type(exc).__name__}: {msg}"
+            res.error = msg if str(path) in msg else f"{path}: {msg}"
+            bar.write(f"octasim segment: error: {res.error}")
+        res.seconds = time.perf_counter() - start
+        results.append(res)
+    return results

@@ -1,0 +1,105 @@
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from octasim.model import build_unet, save_checkpoint
+from pipelines.cli import main
+
+TINY = {"channels": [4, 8], "strides": [2], "num_res_units": 0, "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    net = build_unet(TINY)
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    save_checkpoint(path, {"model_state": net.state_dict(), "model_config": TINY, "voxel_size_um": 2.0,
+                           "patch_size": [16, 16, 16], "preprocessing": {"clip_percentiles": [0.5, 99.5]},
+                           "threshold": 0.5})
+    return path
+
+
+def scan(path, shape=(24, 24, 16), spacing_mm=(0.002, 0.002, 0.002)):
+    rng = np.random.default_rng(0)
+    i, _, k = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    tube = (i - shape[0] / 2) ** 2 + (k - shape[2] / 2) ** 2 <= 9
+    img = (rng.normal(0.2, 0.05, shape) + 0.8 * tube).astype(np.float32)
+    nib.save(nib.Nifti1Image(img, np.diag([*spacing_mm, 1.0])), str(path))
+    return path, tube
+
+
+def test_otsu_without_model(tmp_path, capsys):
+    src, tube = scan(tmp_path / "vol.nii.gz")
+    out = tmp_path / "seg"
+    assert main(["segment", str(src), "--method", "otsu", "--out", str(out)]) == 0
+    mask = np.asarray(nib.load(str(out / "vol_mask.nii.gz")).dataobj)
+    assert mask.dtype == np.uint8 and (mask.astype(bool) == tube).mean() > 0.98
+    assert (out / "vol_prob.nii.gz").exists() and (out / "vol_qc.png").exists()
+    text = capsys.readouterr().out
+    assert "segmented 1 of 1" in text and str(out) in text and "vol_qc.png" in text
+
+
+def test_unet_with_all_options(tmp_path, ckpt):
+    (tmp_path / "in").mkdir()
+    scan(tmp_path / "in" / "a.nii.gz")
+    scan(tmp_path / "in" / "b.nii", shape=(30, 20, 6), spacing_mm=(0.001, 0.001, 0.005))
+    out = tmp_path / "seg"
+    rc = main(["segment", str(tmp_path / "in"), "--model", str(ckpt), "--out", str(out), "--device", "cpu",
+               "--threshold", "0.4", "--overlap", "0.25", "--batch-size", "2", "--tta", "--min-component-um3", "16",
+               "--depth-axis", "k"])
+    assert rc == 0
+    b = nib.load(str(out / "b_prob.nii.gz"))
+    assert b.shape == (30, 20, 6) and np.allclose(b.header.get_zooms(), (0.001, 0.001, 0.005))
+    assert sorted(p.name for p in out.glob("*.png")) == ["a_qc.png", "b_qc.png"]
+
+
+def test_voxel_size_override_and_depth_axis(tmp_path, ckpt):
+    src, _ = scan(tmp_path / "v.nii.gz", shape=(6, 20, 20))
+    rc = main(["segment", str(src), "--model", str(ckpt), "--out", str(tmp_path / "seg"), "--device", "cpu",
+               "--depth-axis", "i", "--voxel-size", "5", "1", "1"])
+    assert rc == 0 and nib.load(str(tmp_path / "seg" / "v_mask.nii.gz")).shape == (6, 20, 20)
+
+
+def test_unet_needs_model(tmp_path, capsys):
+    src, _ = scan(tmp_path / "vol.nii.gz")
+    assert main(["segment", str(src), "--out", str(tmp_path / "seg")]) == 2
+    assert "needs a trained model" in capsys.readouterr().err
+
+
+def test_incompatible_checkpoint(tmp_path, capsys):
+    src, _ = scan(tmp_path / "vol.nii.gz")
+    old = tmp_path / "old.pt"
+    torch.save({"model_state": {}, "model_config": TINY, "format": 99}, old)
+    assert main(["segment", str(src), "--model", str(old), "--out", str(tmp_path / "seg")]) == 2
+    err = capsys.readouterr().err
+    assert "old.pt" in err and "format 99" in err
+
+
+def test_bad_inputs_reported_and_others_kept(tmp_path, ckpt, capsys):
+    good, _ = scan(tmp_path / "good.nii.gz")
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), str(flat))
+    trunc = tmp_path / "trunc.nii.gz"
+    trunc.write_bytes(good.read_bytes()[:200])
+    multi = tmp_path / "multi.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.rand(8, 8, 8, 2).astype(np.float32), np.eye(4)), str(multi))
+    out = tmp_path / "seg"
+    rc = main(["segment", str(good), str(flat), str(trunc), str(multi), str(tmp_path / "missing.nii"),
+               "--model", str(ckpt), "--out", str(out), "--device", "cpu"])
+    assert rc == 1
+    captured = capsys.readouterr()
+    assert "segmented 1 of 5" in captured.out
+    assert "4 input(s) failed" in captured.err
+    for name, text in [("flat", "constant"), ("trunc", "truncated"), ("multi", "single channel"),
+                       ("missing", "no such file")]:
+        assert any(name in line and text in line for line in captured.err.splitlines()), (name, captured.err)
+    assert sorted(p.name for p in out.iterdir()) == ["good_mask.nii.gz", "good_prob.nii.gz", "good_qc.png"]
+
+
+def test_bad_option_values(tmp_path, capsys):
+    src, _ = scan(tmp_path / "vol.nii.gz")
+    assert main(["segment", str(src), "--method", "otsu", "--out", str(tmp_path / "s"), "--threshold", "2"]) == 2
+    assert "--threshold" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["segment", str(src), "--method", "magic", "--out", str(tmp_path / "s")])

@@ -1,0 +1,228 @@
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from octasim.metrics import dice
+from octasim.model import CheckpointError, build_unet, load_checkpoint, save_checkpoint
+from octasim.nifti import read_volume
+from octasim.segment import (frangi_segment, otsu_segment, remove_small_components, segment_files,
+                             segment_volume)
+
+TINY = {"channels": [4, 8], "strides": [2], "num_res_units": 0, "dropout": 0.0}
+
+
+def tiny_state(**extra):
+    torch.manual_seed(0)
+    net = build_unet(TINY)
+    with torch.no_grad():  # non-trivial batch-norm statistics so that outputs vary across voxels
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+    return {"model_state": net.state_dict(), "model_config": TINY, "voxel_size_um": 2.0,
+            "patch_size": [16, 16, 16], "preprocessing": {"clip_percentiles": [0.5, 99.5]}, "threshold": 0.5,
+            **extra}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, tiny_state())
+    return path
+
+
+def tube_volume(shape=(32, 32, 24), radius=3.0, seed=0):
+    """Noisy background with a bright tube along j; returns (image, tube mask)."""
+    rng = np.random.default_rng(seed)
+    i, _, k = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    tube = (i - shape[0] / 2) ** 2 + (k - shape[2] / 2) ** 2 <= radius ** 2
+    img = rng.normal(0.2, 0.05, shape) + 0.8 * tube
+    return img.astype(np.float32), tube
+
+
+def write_nifti(path, data, affine=None, descrip=b""):
+    affine = np.diag([0.002, 0.002, 0.002, 1.0]) if affine is None else affine
+    img = nib.Nifti1Image(np.asarray(data), affine)
+    img.header["descrip"] = descrip
+    nib.save(img, str(path))
+    return path
+
+
+# ------------------------------------------------------------------------------------- segment_volume
+
+
+def test_segment_volume_shapes_dtypes_and_threshold():
+    state = tiny_state()
+    img, _ = tube_volume()
+    prob, mask = segment_volume(img, (2.0, 2.0, 2.0), state, device="cpu")
+    assert prob.shape == img.shape and mask.shape == img.shape
+    assert prob.dtype == np.float32 and mask.dtype == np.uint8
+    assert 0.0 <= prob.min() and prob.max() <= 1.0 and prob.std() > 0
+    np.testing.assert_array_equal(mask, (prob > 0.5).astype(np.uint8))
+    t = float(np.median(prob))
+    _, mask_t = segment_volume(img, (2.0, 2.0, 2.0), state, device="cpu", threshold=t)
+    np.testing.assert_array_equal(mask_t, (prob > t).astype(np.uint8))
+    # checkpoint threshold is the default
+    _, mask_c = segment_volume(img, (2.0, 2.0, 2.0), {**state, "threshold": t}, device="cpu")
+    np.testing.assert_array_equal(mask_c, mask_t)
+
+
+def test_segment_volume_anisotropic_returns_input_shape():
+    img, _ = tube_volume((40, 30, 7))
+    prob, mask = segment_volume(img, (1.0, 1.0, 5.0), tiny_state(), device="cpu", overlap=0.25, sw_batch_size=2)
+    assert prob.shape == (40, 30, 7) and mask.shape == (40, 30, 7)
+
+
+def test_depth_axis_option_matches_transposed_input():
+    state = tiny_state()
+    img, _ = tube_volume((20, 24, 28))
+    spacing = (3.0, 2.0, 1.5)
+    prob_k, _ = segment_volume(np.moveaxis(img, 0, 2), (2.0, 1.5, 3.0), state, device="cpu", depth_axis="k")
+    prob_i, _ = segment_volume(img, spacing, state, device="cpu", depth_axis="i")
+    assert prob_i.shape == img.shape
+    np.testing.assert_allclose(prob_i, np.moveaxis(prob_k, 2, 0), atol=1e-5)
+
+
+def test_tta_is_equivariant_to_lateral_flips():
+    state = tiny_state()
+    img, _ = tube_volume((32, 32, 32), seed=3)
+    img = img + np.linspace(0, 0.3, 32)[:, None, None]  # break symmetry
+    plain, _ = segment_volume(img, (2.0, 2.0, 2.0), state, device="cpu")
+    prob, _ = segment_volume(img, (2.0, 2.0, 2.0), state, device="cpu", tta=True)
+    prob_flipped, _ = segment_volume(img[::-1], (2.0, 2.0, 2.0), state, device="cpu", tta=True)
+    assert prob.shape == img.shape and not np.allclose(prob, plain, atol=1e-4)
+    np.testing.assert_allclose(prob_flipped[::-1], prob, atol=1e-5)  # windows are symmetric for 32 / 16
+
+
+def test_remove_small_components_uses_physical_volume():
+    mask = np.zeros((20, 20, 20), np.uint8)
+    mask[1:3, 1:3, 1:3] = 1  # 8 voxels
+    mask[10:15, 10:15, 10:15] = 1  # 125 voxels
+    mask[16, 16, 16] = mask[17, 17, 17] = 1  # diagonal neighbours: one 26-connected component of 2
+    out = remove_small_components(mask, (2.0, 2.0, 2.0), 8 * 8.0)  # keep >= 64 um^3 = 8 voxels of 8 um^3
+    assert out.dtype == np.uint8
+    assert out[1:3, 1:3, 1:3].all() and out[10:15, 10:15, 10:15].all() and out.sum() == 133
+    out = remove_small_components(mask, (2.0, 2.0, 2.0), 9 * 8.0)
+    assert out.sum() == 125
+    np.testing.assert_array_equal(remove_small_components(mask, (1, 1, 1), 0), mask)
+
+
+def test_otsu_finds_bright_tube():
+    img, tube = tube_volume()
+    score, mask = otsu_segment(img, (2.0, 2.0, 2.0))
+    assert score.shape == img.shape and mask.dtype == np.uint8
+    assert dice(mask, tube) > 0.95
+
+
+def test_frangi_highlights_tube():
+    img, tube = tube_volume((32, 32, 32), radius=2.5)
+    score, mask = frangi_segment(img, (2.0, 2.0, 2.0), sigmas_um=(2.0, 4.0))
+    assert score.shape == img.shape and 0 <= score.min() and score.max() <= 1
+    centre = score[16, 4:-4, 16].mean()
+    assert centre > 5 * score[4, 4:-4, 4].mean()  # vesselness on the axis >> background
+    inner = (slice(None), slice(4, -4), slice(None))  # away from the tube's cut ends
+    assert mask[16, 4:-4, 16].all() and dice(mask[inner], tube[inner]) > 0.5
+
+
+# --------------------------------------------------------------------------------------- segment_files
+
+
+def test_segment_files_writes_outputs_with_input_geometry(tmp_path, ckpt):
+    img, _ = tube_volume((24, 20, 10))
+    affine = np.array([[0.0, -0.001, 0, 1.5], [0.001, 0, 0, -2.0], [0, 0, 0.005, 0.3], [0, 0, 0, 1]])
+    src = write_nifti(tmp_path / "scan_a.nii.gz", img, affine, b"my scanner")
+    results = segment_files([src], tmp_path / "out", model=ckpt, device="cpu", progress=False)
+    (res,) = results
+    assert res.ok and res.error is None
+    assert res.prob_path.name == "scan_a_prob.nii.gz" and res.mask_path.name == "scan_a_mask.nii.gz"
+    assert res.qc_path.name == "scan_a_qc.png" and res.qc_path.stat().st_size > 1000
+    for path, dtype in [(res.prob_path, np.float32), (res.mask_path, np.uint8)]:
+        out = nib.load(str(path))
+        assert out.shape == img.shape and out.get_data_dtype() == dtype
+        np.testing.assert_allclose(out.affine, affine, atol=1e-7)
+        np.testing.assert_allclose(out.header.get_zooms(), nib.load(str(src)).header.get_zooms())
+        assert out.header["descrip"].tobytes().startswith(b"my scanner")
+    mask = np.asarray(nib.load(str(res.mask_path)).dataobj)
+    assert set(np.unique(mask)) <= {0, 1} and abs(res.vessel_fraction - mask.mean()) < 1e-9
+
+
+def test_segment_files_bad_input_does_not_lose_others(tmp_path, ckpt):
+    img, _ = tube_volume((16, 16, 16))
+    a = write_nifti(tmp_path / "a.nii.gz", img)
+    c = write_nifti(tmp_path / "c.nii.gz", img)
+    raw = gzip.compress(nib.Nifti1Image(img, np.eye(4)).to_bytes())
+    (tmp_path / "b.nii.gz").write_bytes(raw[: len(raw) // 2])  # truncated
+    results = segment_files([tmp_path], tmp_path / "out", model=ckpt, device="cpu", progress=False)
+    assert [r.input.name for r in results] == ["a.nii.gz", "b.nii.gz", "c.nii.gz"]
+    assert [r.ok for r in results] == [True, False, True]
+    assert "b.nii.gz" in results[1].error and "truncated" in results[1].error
+    out = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert out == ["a_mask.nii.gz", "a_prob.nii.gz", "a_qc.png", "c_mask.nii.gz", "c_prob.nii.gz", "c_qc.png"]
+    assert a.exists() and c.exists()
+
+
+def _bad_inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    nan = rng.random((8, 8, 8)).astype(np.float32)
+    nan[1, 2, 3] = np.nan
+    return {
+        "missing": (tmp_path / "missing.nii.gz", "no such file"),
+        "flat2d": (write_nifti(tmp_path / "flat2d.nii.gz", rng.random((8, 8)).astype(np.float32)), "2D"),
+        "multi4d": (write_nifti(tmp_path / "multi4d.nii.gz", rng.random((8, 8, 8, 3)).astype(np.float32)),
+                    "single channel"),
+        "constant": (write_nifti(tmp_path / "constant.nii.gz", np.full((8, 8, 8), 7, np.float32)), "constant"),
+        "nan": (write_nifti(tmp_path / "nan.nii.gz", nan), "NaN"),
+    }
+
+
+@pytest.mark.parametrize("method", ["unet", "otsu"])
+def test_segment_files_error_cases(tmp_path, ckpt, method):
+    bad = _bad_inputs(tmp_path)
+    results = segment_files([p for p, _ in bad.values()], tmp_path / "out", model=ckpt, method=method,
+                            device="cpu", progress=False)
+    for res, (name, (path, text)) in zip(results, bad.items()):
+        assert not res.ok, name
+        assert str(path) in res.error and text in res.error, (name, res.error)
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_segment_files_checkpoint_and_model_errors(tmp_path):
+    img, _ = tube_volume((16, 16, 16))
+    src = write_nifti(tmp_path / "a.nii.gz", img)
+    with pytest.raises(ValueError, match="needs a trained model"):
+        segment_files([src], tmp_path / "out", model=None, method="unet")
+    old = tmp_path / "old.pt"
+    torch.save({**tiny_state(), "format": 0, "octasim_version": "0.0.1"}, old)
+    with pytest.raises(CheckpointError, match="format"):
+        segment_files([src], tmp_path / "out", model=old)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        segment_files([src], tmp_path / "out", model=junk)
+    with pytest.raises(ValueError, match="unknown method"):
+        segment_files([src], tmp_path / "out", method="magic")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no .nii"):
+        segment_files([empty], tmp_path / "out", method="otsu")
+
+
+def test_segment_files_voxel_size_override_and_loaded_state(tmp_path):
+    img, _ = tube_volume((20, 20, 6))
+    src = write_nifti(tmp_path / "a.nii", img, np.diag([0.002, 0.002, 0.002, 1]))
+    state = tiny_state()
+    (res,) = segment_files([src], tmp_path / "out", model=state, device="cpu", voxel_size_um=(1, 1, 5),
+                           progress=False)
+    assert res.ok
+    vol = read_volume(res.prob_path)
+    assert vol.data.shape == img.shape and vol.spacing_um == pytest.approx((2.0, 2.0, 2.0))  # header kept
+    expected, _ = segment_volume(img, (1, 1, 5), state, device="cpu")
+    np.testing.assert_allclose(vol.data, expected, atol=1e-6)
+
+
+def test_checkpoint_roundtrip_loads_weights_only(ckpt):
+    state = load_checkpoint(ckpt)
+    assert state["patch_size"] == [16, 16, 16]
