@@ -281,9 +281,9 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
             res.mask_path = write_volume(out_dir / f"{stem}_mask.nii.gz", mask.astype(np.uint8, copy=False),
                                          affine=vol.affine, header=vol.header)
             res.vessel_fraction = float(mask.mean())
-            qc_image, _ = to_depth_last(vol.data, spacing, depth_axis)  # QC draws depth (k) downwards
+            qc_image, qc_spacing = to_depth_last(vol.data, spacing, depth_axis)  # QC draws depth (k) downwards
             qc_mask, _ = to_depth_last(mask, spacing, depth_axis)
-            res.qc_path = save_overlay_qc(qc_image, qc_mask, out_dir / f"{stem}_qc.png",
+            res.qc_path = save_overlay_qc(qc_image, qc_mask, out_dir / f"{stem}_qc.png", spacing_um=qc_spacing,
                                           title=f"{path.name}: {method}, vessel fraction {res.vessel_fraction:.1%}")
         except KeyboardInterrupt:
             raise
