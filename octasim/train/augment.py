@@ -1,0 +1,90 @@
+"""Training augmentation: the reference pipeline as MONAI dictionary transforms (keys ``image``, ``label``).
+
+Arrays are channel-first ``(1, i, j, k)`` with depth = k. Geometry changes only the lateral plane:
+rotation about the depth axis (the (i, j) plane), flips of i and j, isotropic zoom >= 1; depth is never
+flipped or rotated away, so projection tails always point to larger k. The label is resampled with
+nearest-neighbour interpolation and stays binary; intensity transforms touch the image only.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from monai.transforms import (CenterSpatialCropd, Compose, EnsureTyped, MapTransform, RandFlipd,
+                              RandGaussianNoised, RandGaussianSmoothd, RandHistogramShiftd, RandRotated,
+                              RandSpatialCropd, RandZoomd, SpatialPadd)
+
+from octasim.train.config import AugmentConfig, TrainConfig
+
+KEYS = ("image", "label")
+
+
+class ClipLabeld(MapTransform):
+    """Clip the image to [0, 1] and make the label exactly binary float32 {0, 1}."""
+
+    def __init__(self, image_key: str = "image", label_key: str = "label") -> None:
+        super().__init__([image_key, label_key], allow_missing_keys=True)
+        self.image_key, self.label_key = image_key, label_key
+
+    def __call__(self, data):
+        d = dict(data)
+        if self.image_key in d:
+            d[self.image_key] = torch.clamp(_plain(d[self.image_key]).float(), 0.0, 1.0)
+        if self.label_key in d:
+            d[self.label_key] = (_plain(d[self.label_key]) > 0.5).to(torch.float32)
+        return d
+
+
+def _plain(x) -> torch.Tensor:
+    """A plain torch.Tensor (MONAI MetaTensors carry metadata the collate step does not need)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+def lateral_rotation(range_deg: float, prob: float) -> RandRotated:
+    """Rotation about the depth axis k only, angle uniform in +-``range_deg`` degrees.
+
+    MONAI names 3D rotation ranges by the axis rotated *about*: ``range_z`` turns the (i, j) plane and
+    leaves k untouched (checked by tests/test_augment.py).
+    """
+    rad = math.radians(range_deg)
+    return RandRotated(keys=KEYS, range_x=0.0, range_y=0.0, range_z=(-rad, rad), prob=prob, keep_size=True,
+                       mode=("bilinear", "nearest"), padding_mode=("border", "zeros"), dtype=np.float32)
+
+
+def build_augmentation(cfg: TrainConfig, include_crop: bool = False, seed: int | None = None) -> Compose:
+    """The reference augmentation for ``cfg`` (crop_size -> patch_size); seeded when ``seed`` is given.
+
+    ``include_crop`` prepends padding and a random ``cfg.crop``^3 crop (for whole volumes); the in-memory
+    dataset crops itself (cheaper: no copy of the volume) and passes crops of exactly that size.
+    """
+    a: AugmentConfig = cfg.augment
+    crop, patch = cfg.crop, cfg.patch_size
+    steps = [EnsureTyped(keys=KEYS, data_type="tensor", dtype=(torch.float32, torch.float32), track_meta=False)]
+    if include_crop:
+        steps += [SpatialPadd(keys=KEYS, spatial_size=(crop,) * 3, mode="edge"),
+                  RandSpatialCropd(keys=KEYS, roi_size=(crop,) * 3, random_size=False)]
+    steps += [
+        lateral_rotation(a.rotate_range_deg, a.rotate_prob),
+        RandZoomd(keys=KEYS, prob=a.zoom_prob, min_zoom=float(a.zoom_range[0]), max_zoom=float(a.zoom_range[1]),
+                  mode=("trilinear", "nearest"), padding_mode=("edge", "constant"), keep_size=True),
+        RandFlipd(keys=KEYS, prob=a.flip_prob, spatial_axis=0),
+        RandFlipd(keys=KEYS, prob=a.flip_prob, spatial_axis=1),
+        (RandSpatialCropd(keys=KEYS, roi_size=(patch,) * 3, random_size=False) if a.random_final_crop
+         else CenterSpatialCropd(keys=KEYS, roi_size=(patch,) * 3)),
+        RandGaussianSmoothd(keys="image", prob=a.smooth_prob, sigma_x=tuple(a.smooth_sigma),
+                            sigma_y=tuple(a.smooth_sigma), sigma_z=tuple(a.smooth_sigma)),
+        RandGaussianNoised(keys="image", prob=a.noise_prob, mean=0.0, std=float(a.noise_std)),
+        RandHistogramShiftd(keys="image", prob=a.histogram_shift_prob,
+                            num_control_points=tuple(int(v) for v in a.histogram_control_points)),
+        ClipLabeld(),
+    ]
+    transform = Compose(steps, lazy=False)
+    if seed is not None:
+        transform.set_random_state(seed=seed)
+    return transform
+
+
+def seed_for(*parts: int) -> int:
+    """A 32-bit seed derived from integers (run seed, sample index, ...), for MONAI's RandomState."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])

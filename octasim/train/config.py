@@ -1,0 +1,212 @@
+"""Training configuration: a dataclass tree loaded from YAML (``data/configs/*.yaml``).
+
+Unknown keys are errors that name the key, so a typo never silently falls back to a default.
+Lengths are in voxels of the training grid (the dataset's voxel size, um, is recorded in checkpoints).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from octasim.paths import DATA_DIR
+
+#: Names accepted by ``--config`` besides a YAML path.
+BUILTIN_CONFIGS = ("default", "paper", "mixed")
+LOSSES = ("dice", "cldice", "dice_cldice", "dice_bce")
+
+
+class ConfigError(ValueError):
+    """A training config cannot be used; the message names the file and the key."""
+
+
+@dataclass
+class ModelConfig:
+    """MONAI 3D UNet hyper-parameters (see ``octasim.model.build_unet``)."""
+
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    strides: list[int] = field(default_factory=lambda: [2, 2, 2])
+    num_res_units: int = 1
+    act: str = "PRELU"
+    norm: str = "BATCH"
+    dropout: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    """``name``: dice | cldice | dice_cldice | dice_bce (MONAI DiceLoss / SoftclDiceLoss /
+    SoftDiceclDiceLoss / DiceCELoss, all on logits with a sigmoid)."""
+
+    name: str = "dice"
+    batch_dice: bool = False   #: Dice over the whole batch instead of per patch (dice, dice_bce)
+    cldice_iters: int = 3      #: soft-skeleton iterations
+    cldice_alpha: float = 0.5  #: weight of clDice in dice_cldice
+
+
+@dataclass
+class OptimizerConfig:
+    """Adam."""
+
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+
+
+@dataclass
+class AugmentConfig:
+    """Probabilities and ranges of the reference augmentation (depth axis is never flipped or rotated)."""
+
+    rotate_prob: float = 0.5
+    rotate_range_deg: float = 90.0       #: rotation about the depth axis, uniform in +-range
+    zoom_prob: float = 0.5
+    zoom_range: list[float] = field(default_factory=lambda: [1.0, 1.2])
+    flip_prob: float = 0.5               #: per lateral axis (i and j)
+    random_final_crop: bool = False      #: crop patch_size at random (else centre) from the augmented crop
+    smooth_prob: float = 0.5
+    smooth_sigma: list[float] = field(default_factory=lambda: [0.0, 0.5])  #: voxels
+    noise_prob: float = 0.5
+    noise_std: float = 0.01
+    histogram_shift_prob: float = 0.5
+    histogram_control_points: list[int] = field(default_factory=lambda: [5, 10])
+
+
+@dataclass
+class ProfileWeight:
+    """A simulation profile (shipped name or YAML path), its draw weight, and parameter overrides."""
+
+    name: str = "octa"
+    weight: float = 1.0
+    overrides: dict[str, Any] = field(default_factory=dict)  #: profile parameters replaced (value or [lo, hi])
+
+
+@dataclass
+class OnTheFlyConfig:
+    """On-the-fly synthesis (``--on-the-fly``): fresh volumes rendered in the loader's workers."""
+
+    profiles: list[ProfileWeight] = field(default_factory=lambda: [ProfileWeight("octa", 1.0)])
+    shape: list[int] = field(default_factory=lambda: [128, 128, 128])  #: voxels
+    voxel_size_um: float = 2.0
+    crops_per_volume: int = 4     #: patches drawn from each rendered volume
+    n_val: int = 2                #: validation volumes rendered once (when no dataset dir is given)
+    synth_options: dict[str, Any] = field(default_factory=dict)  #: extra SynthConfig fields
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs besides the data; saved into every checkpoint."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    on_the_fly: OnTheFlyConfig = field(default_factory=OnTheFlyConfig)
+    steps: int = 600                 #: optimizer steps in the whole run
+    batch_size: int = 2
+    patch_size: int = 64             #: voxels per side of a training patch (and the inference window)
+    crop_size: int | None = None     #: first random crop before rotation/zoom; None -> ceil(patch * 91 / 64)
+    decay_fraction: float = 0.15     #: lr constant, then linear to 0 over this last fraction of the steps
+    val_every: int = 100             #: steps between validations (and last.pt checkpoints)
+    val_fraction: float = 0.1        #: share of samples held out for validation (whole volumes)
+    n_val: int | None = None         #: number of held-out volumes; overrides val_fraction when set
+    val_overlap: float = 0.25        #: sliding-window overlap during validation
+    log_every: int = 10              #: steps between metrics.csv rows
+    seed: int = 0
+    num_workers: int = 1             #: DataLoader worker processes (0: load in the main process)
+    threshold: float = 0.5           #: probability threshold recorded for inference
+    foreground_prior: float | None = None  #: initial output probability (last conv bias = logit); None: 0.5
+
+    @property
+    def crop(self) -> int:
+        """Size (voxels) of the first random crop, large enough that a +-90 deg rotation keeps the patch filled."""
+        return int(self.crop_size) if self.crop_size else int(math.ceil(self.patch_size * 91 / 64))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self, source: str = "config") -> "TrainConfig":
+        def bad(key: str, msg: str):
+            raise ConfigError(f"{source}: {key}: {msg}")
+        if self.loss.name not in LOSSES:
+            bad("loss.name", f"{self.loss.name!r} is not one of {', '.join(LOSSES)}")
+        if len(self.model.strides) != len(self.model.channels) - 1:
+            bad("model.strides", f"needs {len(self.model.channels) - 1} values (one fewer than channels)")
+        for key in ("steps", "batch_size", "patch_size", "val_every", "log_every"):
+            if int(getattr(self, key)) < 1:
+                bad(key, "must be >= 1")
+        down = math.prod(self.model.strides)
+        if self.patch_size % down:
+            bad("patch_size", f"{self.patch_size} is not divisible by the network's total stride {down}")
+        if self.crop < self.patch_size:
+            bad("crop_size", f"{self.crop} is smaller than patch_size {self.patch_size}")
+        if not 0.0 <= self.decay_fraction <= 1.0:
+            bad("decay_fraction", "must be in [0, 1]")
+        if not 0.0 < self.val_fraction < 1.0:
+            bad("val_fraction", "must be in (0, 1)")
+        if self.n_val is not None and self.n_val < 1:
+            bad("n_val", "must be >= 1")
+        if self.foreground_prior is not None and not 0.0 < self.foreground_prior < 1.0:
+            bad("foreground_prior", "must be in (0, 1) or null")
+        if self.num_workers < 0:
+            bad("num_workers", "must be >= 0")
+        if not self.on_the_fly.profiles or any(p.weight < 0 for p in self.on_the_fly.profiles) \
+                or sum(p.weight for p in self.on_the_fly.profiles) <= 0:
+            bad("on_the_fly.profiles", "needs at least one profile and non-negative weights with a positive sum")
+        if len(self.on_the_fly.shape) != 3 or min(self.on_the_fly.shape) < self.patch_size:
+            bad("on_the_fly.shape", f"needs 3 sizes, each >= patch_size {self.patch_size}")
+        return self
+
+
+def _build(cls, data: Any, where: str, source: str):
+    """Recursively turn a mapping into dataclass ``cls``; unknown keys are errors."""
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {where or 'top level'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key {name!r} (known: {', '.join(sorted(fields))})")
+        sub = {"model": ModelConfig, "loss": LossConfig, "optimizer": OptimizerConfig, "augment": AugmentConfig,
+               "on_the_fly": OnTheFlyConfig}.get(key) if cls is TrainConfig else None
+        if sub is not None:
+            value = _build(sub, value, name, source)
+        elif cls is OnTheFlyConfig and key == "profiles":
+            if not isinstance(value, list):
+                raise ConfigError(f"{source}: {name}: expected a list of {{name, weight}}")
+            value = [_build(ProfileWeight, {"name": v} if isinstance(v, str) else v, f"{name}[{i}]", source)
+                     for i, v in enumerate(value)]
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any] | None, source: str = "config") -> TrainConfig:
+    """Build and check a TrainConfig from a (possibly partial) nested mapping."""
+    return _build(TrainConfig, data or {}, "", source).validate(source)
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """'default' | 'paper' | 'mixed' -> the shipped YAML; anything else is a file path."""
+    if str(name_or_path) in BUILTIN_CONFIGS:
+        return DATA_DIR / "configs" / f"{name_or_path}.yaml"
+    return Path(name_or_path)
+
+
+def load_config(name_or_path: str | Path = "default", overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Load a shipped config by name or a YAML file; ``overrides`` (flat top-level keys) are applied on top."""
+    import yaml
+
+    path = resolve_config_path(name_or_path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such training config (use {', '.join(BUILTIN_CONFIGS)} or a YAML file)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return config_from_dict(data, str(path))

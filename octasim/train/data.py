@@ -1,0 +1,256 @@
+"""Training data: generated datasets held in memory, a held-out split, and on-the-fly synthesis.
+
+- ``load_dataset_samples`` reads ``DIR/dataset.json`` manifests (written by ``octasim generate``).
+- ``split_samples`` holds out whole samples for validation, deterministically by seed.
+- ``PatchDataset`` loads every volume once and draws random ``crop``^3 crops from memory (no file is
+  re-read per patch), then applies the augmentation. Sample ``n`` is a pure function of (seed, n), so
+  any number of loader workers gives the same stream, and a resumed run continues it exactly.
+- ``OnTheFlyDataset`` renders fresh volumes (random profile per volume) inside the loader's worker
+  processes; every volume index is rendered once, each volume gives several crops.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from octasim.train.augment import build_augmentation, seed_for
+from octasim.train.config import TrainConfig
+
+MANIFEST = "dataset.json"
+
+
+class DataError(ValueError):
+    """Training data cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """One image/label pair of a dataset folder."""
+
+    dataset: Path
+    id: str
+    image: Path
+    label: Path
+
+
+@dataclass
+class DatasetInfo:
+    samples: list[SampleRef]
+    voxel_size_um: float | None
+
+
+def read_manifest(directory: str | Path) -> tuple[dict[str, Any], list[SampleRef]]:
+    """Parse ``directory/dataset.json``; errors name the file for a missing manifest, samples or files."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise DataError(f"{directory}: no such dataset folder")
+    if not path.exists():
+        raise DataError(f"{path}: no dataset manifest (is {directory} a folder written by `octasim generate`?)")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format", "octasim-dataset") != "octasim-dataset":
+        raise DataError(f"{path}: not an octasim dataset manifest (format {meta.get('format')!r})"
+                        if isinstance(meta, dict) else f"{path}: not an octasim dataset manifest")
+    samples = meta.get("samples")
+    if not isinstance(samples, list) or not samples:
+        raise DataError(f"{path}: the dataset has no samples")
+    refs = []
+    for n, s in enumerate(samples):
+        try:
+            sid, image, label = str(s["id"]), directory / s["image"], directory / s["label"]
+        except (KeyError, TypeError) as exc:
+            raise DataError(f"{path}: sample {n} lacks 'id', 'image' or 'label'") from exc
+        for f in (image, label):
+            if not f.exists():
+                raise DataError(f"{path}: sample {sid!r}: file {f} is missing")
+        refs.append(SampleRef(directory, sid, image, label))
+    return meta, refs
+
+
+def load_dataset_samples(dirs: Sequence[str | Path]) -> DatasetInfo:
+    """All samples of one or more dataset folders (in argument order); their voxel sizes must agree."""
+    if not dirs:
+        raise DataError("no dataset folder given (use --data DIR, or --on-the-fly)")
+    samples, sizes = [], {}
+    for d in dirs:
+        meta, refs = read_manifest(d)
+        samples += refs
+        if meta.get("voxel_size_um") is not None:
+            sizes[str(d)] = float(meta["voxel_size_um"])
+    if len(set(sizes.values())) > 1:
+        raise DataError(f"datasets with different voxel sizes (um): {sizes}; train on one voxel size")
+    return DatasetInfo(samples, next(iter(sizes.values()), None))
+
+
+def split_samples(samples: Sequence[SampleRef], cfg: TrainConfig) -> tuple[list[SampleRef], list[SampleRef]]:
+    """(train, validation): whole samples held out, chosen by a permutation seeded with ``cfg.seed``."""
+    n = len(samples)
+    if n < 2:
+        raise DataError(f"{samples[0].dataset if samples else 'dataset'}: {n} sample(s); training needs at least "
+                        "2 (one is held out for validation)")
+    n_val = cfg.n_val if cfg.n_val is not None else max(1, int(round(cfg.val_fraction * n)))
+    n_val = min(n_val, n - 1)
+    order = np.random.default_rng(seed_for(cfg.seed, 0x5A17)).permutation(n)
+    val = sorted(order[:n_val].tolist())
+    train = sorted(order[n_val:].tolist())
+    return [samples[i] for i in train], [samples[i] for i in val]
+
+
+def load_volumes(refs: Sequence[SampleRef], progress: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Read every pair once: (image float32 in [0, 1], label uint8 {0, 1}), both (i, j, k)."""
+    from tqdm import tqdm
+
+    from octasim.nifti import read_volume
+
+    out = []
+    for ref in tqdm(refs, desc="loading volumes", unit="vol", disable=None if progress else True, leave=False):
+        image = read_volume(ref.image, np.float32).data
+        label = read_volume(ref.label, np.float32).data
+        if image.shape != label.shape:
+            raise DataError(f"{ref.label}: shape {label.shape} differs from its image {ref.image} {image.shape}")
+        out.append((np.clip(image, 0.0, 1.0, out=image), (label > 0.5).astype(np.uint8)))
+    return out
+
+
+def _pad_to(arr: np.ndarray, size: int) -> np.ndarray:
+    pad = [(0, max(0, size - s)) for s in arr.shape]
+    return np.pad(arr, pad, mode="edge") if any(p[1] for p in pad) else arr
+
+
+def random_crop(image: np.ndarray, label: np.ndarray, size: int, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``size``^3 crop (copied, channel-first ``(1, s, s, s)``); volumes smaller are edge-padded."""
+    corner = [int(rng.integers(0, s - size + 1)) for s in image.shape]
+    sl = tuple(slice(c, c + size) for c in corner)
+    return image[sl][None].copy(), label[sl][None].copy()
+
+
+class PatchDataset(Dataset):
+    """Augmented patches from volumes held in memory; item ``n`` depends only on (seed, offset + n).
+
+    ``length`` is the number of patches this dataset yields (steps x batch size); ``offset`` the
+    number already consumed (a resumed run continues the same stream).
+    """
+
+    def __init__(self, volumes: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConfig, length: int,
+                 offset: int = 0, seed: int | None = None) -> None:
+        if not volumes:
+            raise DataError("no training volumes")
+        self.crop = cfg.crop
+        self.volumes = [(_pad_to(i, self.crop), _pad_to(lab, self.crop)) for i, lab in volumes]
+        self.seed = cfg.seed if seed is None else seed
+        self.length, self.offset = int(length), int(offset)
+        self.transform = build_augmentation(cfg)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, n: int) -> dict[str, torch.Tensor]:
+        index = self.offset + int(n)
+        rng = np.random.default_rng(seed_for(self.seed, 0xC409, index))
+        image, label = self.volumes[int(rng.integers(len(self.volumes)))]
+        img, lab = random_crop(image, label, self.crop, rng)
+        self.transform.set_random_state(seed=seed_for(self.seed, 0xA06, index))
+        return self.transform({"image": img, "label": lab})
+
+
+#: renderer(profile_name, seed, index) -> (image float32 in [0, 1], label) for on-the-fly synthesis
+Renderer = Callable[[str, int, int], tuple[np.ndarray, np.ndarray]]
+
+
+class SynthRenderer:
+    """Default renderer: ``octasim.dataset.render_sample`` (imported lazily, in the worker process)."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        otf = cfg.on_the_fly
+        self.shape, self.voxel_size_um = tuple(int(s) for s in otf.shape), float(otf.voxel_size_um)
+        self.options = dict(otf.synth_options)
+        self.overrides = {p.name: dict(p.overrides) for p in otf.profiles if p.overrides}
+        self._profiles: dict[str, Any] = {}
+
+    def _profile(self, name: str):
+        """The profile spec for SynthConfig: the name, or the full dict when the config overrides parameters."""
+        if name not in self.overrides:
+            return name, None
+        if name not in self._profiles:
+            from octasim.profiles import load_profile
+            self._profiles[name] = load_profile(name, self.overrides[name])
+        return self._profiles[name], name
+
+    def __call__(self, profile: str, seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            from octasim.dataset import SynthConfig, render_sample
+        except ImportError as exc:  # pragma: no cover - the simulator is a separate module
+            raise DataError(f"on-the-fly training needs octasim.dataset.render_sample ({exc})") from exc
+        spec, name = self._profile(profile)
+        sample = render_sample(SynthConfig(profile=spec, profile_name=name, shape=self.shape,
+                                           voxel_size_um=self.voxel_size_um, seed=seed, **self.options), index)
+        return np.asarray(sample.image, np.float32), np.asarray(sample.label)
+
+
+def choose_profile(cfg: TrainConfig, seed: int, index: int) -> str:
+    """The profile of on-the-fly volume ``index`` (weighted draw, deterministic in (seed, index))."""
+    profiles = cfg.on_the_fly.profiles
+    w = np.array([p.weight for p in profiles], float)
+    rng = np.random.default_rng(seed_for(seed, 0x9F0, index))
+    return profiles[int(rng.choice(len(profiles), p=w / w.sum()))].name
+
+
+class OnTheFlyDataset(IterableDataset):
+    """Endless stream of augmented patches from freshly rendered volumes.
+
+    Volume indices ``start, start+1, ...`` are dealt round-robin to the loader's workers, so no volume
+    is rendered twice; each gives ``crops_per_volume`` patches. The renderer gets the run seed and the
+    volume index (the simulator derives the sample's own seed from both).
+    """
+
+    def __init__(self, cfg: TrainConfig, renderer: Renderer | None = None, start_volume: int = 0,
+                 seed: int | None = None) -> None:
+        self.cfg = cfg
+        self.renderer = renderer if renderer is not None else SynthRenderer(cfg)
+        self.start = int(start_volume)
+        self.seed = cfg.seed if seed is None else seed
+        self.transform = build_augmentation(cfg)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        crop = self.cfg.crop
+        index = self.start + wid
+        while True:
+            profile = choose_profile(self.cfg, self.seed, index)
+            image, label = self.renderer(profile, self.seed, index)
+            image = _pad_to(np.clip(np.asarray(image, np.float32), 0, 1), crop)
+            label = _pad_to((np.asarray(label) > 0.5).astype(np.uint8), crop)
+            rng = np.random.default_rng(seed_for(self.seed, 0xC409, index))
+            for c in range(self.cfg.on_the_fly.crops_per_volume):
+                img, lab = random_crop(image, label, crop, rng)
+                self.transform.set_random_state(seed=seed_for(self.seed, 0xA06, index, c))
+                yield self.transform({"image": img, "label": lab})
+            index += nw
+
+
+def render_validation_volumes(cfg: TrainConfig, renderer: Renderer | None = None
+                              ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``cfg.on_the_fly.n_val`` volumes rendered once, from a seed stream disjoint from training's."""
+    renderer = renderer if renderer is not None else SynthRenderer(cfg)
+    val_seed = seed_for(cfg.seed, 0x7A1)
+    out = []
+    for index in range(cfg.on_the_fly.n_val):
+        image, label = renderer(choose_profile(cfg, val_seed, index), val_seed, index)
+        out.append((np.clip(np.asarray(image, np.float32), 0, 1), (np.asarray(label) > 0.5).astype(np.uint8)))
+    return out
+
+
+def worker_init(worker_id: int) -> None:
+    """Loader workers use one thread each (the main process trains with the others)."""
+    torch.set_num_threads(1)

@@ -1,0 +1,361 @@
+"""The training loop: MONAI 3D U-Net on augmented patches, validation Dice, exact resume, checkpoints."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from octasim.atomic import atomic_path
+from octasim.model import build_unet, load_checkpoint, resolve_device, save_checkpoint
+from octasim.train.config import TrainConfig, config_from_dict
+from octasim.train.data import (OnTheFlyDataset, PatchDataset, Renderer, load_dataset_samples, load_volumes,
+                                render_validation_volumes, split_samples, worker_init)
+
+#: how real scans must be normalized at inference (training volumes are already in [0, 1])
+PREPROCESSING = {"clip_percentiles": [0.5, 99.5]}
+METRIC_COLUMNS = ("step", "loss", "lr", "val_dice", "seconds")
+
+
+class TrainError(ValueError):
+    """A training run cannot start or resume; the message names the folder or file."""
+
+
+def lr_factor(step: int, total: int, decay_fraction: float) -> float:
+    """Learning-rate multiplier: 1 until the last ``decay_fraction`` of ``total`` steps, then linear to 0."""
+    decay = int(round(total * decay_fraction))
+    start = total - decay
+    if decay <= 0 or step < start:
+        return 1.0
+    return max(0.0, (total - step) / decay)
+
+
+def make_loss(cfg: TrainConfig) -> torch.nn.Module:
+    """MONAI Dice / soft clDice / Dice+clDice / Dice+BCE on logits (sigmoid inside)."""
+    from monai.losses import DiceCELoss, DiceLoss, SoftclDiceLoss, SoftDiceclDiceLoss
+
+    name = cfg.loss.name
+    if name == "dice":
+        return DiceLoss(sigmoid=True, batch=bool(cfg.loss.batch_dice))
+    if name == "dice_bce":
+        return DiceCELoss(sigmoid=True, batch=bool(cfg.loss.batch_dice))
+    if name == "cldice":
+        return SoftclDiceLoss(iter_=int(cfg.loss.cldice_iters), sigmoid=True)
+    return SoftDiceclDiceLoss(iter_=int(cfg.loss.cldice_iters), alpha=float(cfg.loss.cldice_alpha), sigmoid=True)
+
+
+def init_output_bias(model: torch.nn.Module, prior: float) -> None:
+    """Start the network at foreground probability ``prior`` everywhere (bias of its last convolution).
+
+    Vessels fill a few % of a volume; starting at 0.5 costs hundreds of Adam steps just to move the
+    output bias (Adam moves each parameter by about lr per step).
+    """
+    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))
+             and m.out_channels == 1 and m.bias is not None]
+    if convs:
+        with torch.no_grad():
+            convs[-1].bias.fill_(math.log(prior / (1.0 - prior)))
+
+
+def dice_score(pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor) -> float:
+    """Dice of two binary volumes (1.0 when both are empty)."""
+    p, t = torch.as_tensor(pred).bool(), torch.as_tensor(label).bool()
+    denom = int(p.sum()) + int(t.sum())
+    return 1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom
+
+
+@torch.inference_mode()
+def predict_volume(model: torch.nn.Module, image: np.ndarray, patch_size: int, device: torch.device,
+                   overlap: float = 0.5, sw_batch_size: int = 4) -> torch.Tensor:
+    """Vessel probability (i, j, k) of a whole volume: MONAI sliding window with Gaussian blending."""
+    from monai.inferers import sliding_window_inference
+
+    x = torch.as_tensor(image, dtype=torch.float32, device=device)[None, None]
+    with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
+        logits = sliding_window_inference(x, (patch_size,) * 3, sw_batch_size, model, overlap=overlap,
+                                          mode="gaussian")
+    return torch.sigmoid(logits.float())[0, 0].cpu()
+
+
+def validate(model: torch.nn.Module, volumes: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConfig,
+             device: torch.device) -> float:
+    """Mean Dice over held-out volumes at ``cfg.threshold`` (model left in train mode afterwards)."""
+    model.eval()
+    try:
+        scores = [dice_score(predict_volume(model, image, cfg.patch_size, device, cfg.val_overlap,
+                                            cfg.batch_size) > cfg.threshold, label)
+                  for image, label in volumes]
+    finally:
+        model.train()
+    return float(np.mean(scores))
+
+
+# -- RNG state as plain data (checkpoints load with weights_only=True) --------------------------------
+
+def rng_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# -- run folder -------------------------------------------------------------------------------------
+
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
+
+
+def read_metrics(path: Path, upto_step: int) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            step = int(row["step"])
+            if step <= upto_step:
+                rows.append({"step": step, "loss": float(row["loss"]) if row["loss"] else None,
+                             "lr": float(row["lr"]) if row["lr"] else None,
+                             "val_dice": float(row["val_dice"]) if row["val_dice"] else None,
+                             "seconds": float(row["seconds"]) if row["seconds"] else None})
+    return rows
+
+
+def plot_curves(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Training loss and validation Dice against step (PNG)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    loss = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
+    dice = [(r["step"], r["val_dice"]) for r in rows if r.get("val_dice") is not None]
+    if loss:
+        ax.plot(*zip(*loss), color="tab:blue", label="training loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss", color="tab:blue")
+    ax2 = ax.twinx()
+    if dice:
+        ax2.plot(*zip(*dice), "o-", color="tab:red", label="validation Dice")
+    ax2.set_ylabel("validation Dice", color="tab:red")
+    ax2.set_ylim(0, 1)
+    ax.set_title("octasim train")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _comparable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in ("steps", "num_workers", "val_every", "log_every")}
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | Path, steps: int | None = None,
+          device: str = "auto", resume: bool = False, on_the_fly: bool = False, progress: bool = True,
+          stop_at: int | None = None, renderer: Renderer | None = None) -> dict[str, Any]:
+    """Train a 3D U-Net; write ``last.pt``, ``best.pt``, ``metrics.csv`` and ``curves.png`` in ``out_dir``.
+
+    ``steps`` (optimizer steps) overrides ``config.steps`` and fixes the learning-rate schedule; ``stop_at``
+    ends this call early at that step (a later ``resume=True`` call continues exactly, as if never
+    stopped). ``on_the_fly`` renders fresh volumes with ``config.on_the_fly`` profiles instead of reading
+    ``data_dirs`` (which, if given, then serve as validation data). ``renderer`` replaces the simulator
+    (tests). Returns the final metrics (step, loss, val_dice, best_val_dice, seconds, steps_per_s ...).
+    """
+    from tqdm import tqdm
+
+    cfg = config
+    total = int(steps if steps is not None else cfg.steps)
+    if total < 1:
+        raise TrainError(f"--steps must be >= 1 (got {total})")
+    end = min(total, int(stop_at)) if stop_at is not None else total
+    out = Path(out_dir)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    metrics_path, plot_path = out / "metrics.csv", out / "curves.png"
+    if resume and not last_path.exists():
+        raise TrainError(f"{last_path}: nothing to resume (no last.pt in {out})")
+    if not resume and (last_path.exists() or metrics_path.exists()):
+        raise TrainError(f"{out}: already holds a training run; pass --resume to continue it or choose another --out")
+
+    dev = resolve_device(device)
+    amp = dev.type == "cuda"
+    seed_everything(cfg.seed)
+
+    # data
+    dirs = [Path(d) for d in data_dirs or []]
+    if on_the_fly:
+        voxel_size = float(cfg.on_the_fly.voxel_size_um)
+        if dirs:
+            info = load_dataset_samples(dirs)
+            n_val = cfg.n_val if cfg.n_val is not None else cfg.on_the_fly.n_val
+            refs = split_samples(info.samples, config_from_dict({**cfg.to_dict(), "n_val": n_val}))[1] \
+                if len(info.samples) > n_val else info.samples
+            val_volumes = load_volumes(refs, progress)
+            if info.voxel_size_um is not None and info.voxel_size_um != voxel_size:
+                raise TrainError(f"validation data voxel size {info.voxel_size_um} um differs from on_the_fly."
+                                 f"voxel_size_um {voxel_size} um")
+        else:
+            val_volumes = render_validation_volumes(cfg, renderer)
+        train_volumes = None
+        n_train_samples = None
+    else:
+        info = load_dataset_samples(dirs)
+        voxel_size = info.voxel_size_um if info.voxel_size_um is not None else 2.0
+        train_refs, val_refs = split_samples(info.samples, cfg)
+        train_volumes = load_volumes(train_refs, progress)
+        val_volumes = load_volumes(val_refs, progress)
+        n_train_samples = len(train_refs)
+
+    # model and optimisation
+    model = build_unet(dataclasses.asdict(cfg.model)).to(dev)
+    if cfg.foreground_prior is not None:
+        init_output_bias(model, cfg.foreground_prior)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas),
+                                 weight_decay=cfg.optimizer.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, cfg.decay_fraction))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    loss_fn = make_loss(cfg)
+
+    start, best_dice, best_step, seconds0, rows, state = 0, -1.0, None, 0.0, [], None
+    if resume:
+        state = load_checkpoint(last_path, map_location="cpu")
+        saved = state.get("train_config") or {}
+        diff = sorted(k for k in set(_comparable(saved)) | set(_comparable(cfg.to_dict()))
+                      if _comparable(saved).get(k) != _comparable(cfg.to_dict()).get(k))
+        if diff:
+            raise TrainError(f"{last_path}: the run was trained with a different config ({', '.join(diff)} "
+                             "differ); resume with the same config")
+        if bool(state.get("on_the_fly", False)) != bool(on_the_fly):
+            raise TrainError(f"{last_path}: the run was {'' if state.get('on_the_fly') else 'not '}trained "
+                             "on the fly; resume it the same way")
+        start = int(state["step"])
+        if start >= end:
+            raise TrainError(f"{last_path}: the run is already at step {start} (asked for {end}); "
+                             "raise --steps to train longer")
+        model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer_state"])
+        scheduler.load_state_dict(state["scheduler_state"])
+        scaler.load_state_dict(state["scaler_state"])
+        best_dice = float(state.get("best_val_dice", -1.0))
+        best_step = state.get("best_step")
+        seconds0 = float(state.get("seconds", 0.0))
+        rows = read_metrics(metrics_path, start)
+
+    # loader
+    bs = cfg.batch_size
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if on_the_fly:
+        dataset = OnTheFlyDataset(cfg, renderer, start_volume=(start * bs) // cfg.on_the_fly.crops_per_volume)
+    else:
+        dataset = PatchDataset(train_volumes, cfg, length=(end - start) * bs, offset=start * bs)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=bs, shuffle=False, num_workers=cfg.num_workers, generator=gen,
+        worker_init_fn=worker_init if cfg.num_workers else None, persistent_workers=False,
+        pin_memory=amp, drop_last=False, prefetch_factor=2 if cfg.num_workers else None)
+    batches = iter(loader)
+    if state is not None:
+        set_rng_state(state["rng"])
+
+    def checkpoint(step: int, val_dice: float | None, loss: float | None, full: bool) -> dict[str, Any]:
+        ckpt = {"model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "model_config": dataclasses.asdict(cfg.model), "voxel_size_um": float(voxel_size),
+                "patch_size": int(cfg.patch_size), "preprocessing": dict(PREPROCESSING),
+                "threshold": float(cfg.threshold), "train_config": cfg.to_dict(), "step": int(step),
+                "total_steps": total, "on_the_fly": bool(on_the_fly),
+                "metrics": {"val_dice": val_dice, "loss": loss, "best_val_dice": best_dice, "best_step": best_step},
+                "best_val_dice": best_dice, "best_step": best_step, "seconds": seconds0 + elapsed()}
+        if full:
+            ckpt.update(optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
+                        scaler_state=scaler.state_dict(), rng=rng_state())
+        return ckpt
+
+    t0 = time.perf_counter()
+
+    def elapsed() -> float:
+        return time.perf_counter() - t0
+
+    model.train()
+    losses: list[float] = []
+    last_loss = val_dice = None
+    bar = tqdm(total=end, initial=start, unit="step", desc="train", dynamic_ncols=True,
+               disable=None if progress else True, file=sys.stderr)
+    try:
+        for step in range(start, end):
+            batch = next(batches)
+            x = batch["image"].to(dev, non_blocking=True)
+            y = batch["label"].to(dev, non_blocking=True)
+            with torch.autocast(device_type=dev.type, enabled=amp):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise TrainError(f"{out}: the loss became {float(loss)} at step {step + 1}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            done = step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+            is_val = done % cfg.val_every == 0 or done == end
+            if done % cfg.log_every == 0 or is_val:
+                last_loss = float(np.mean(losses)) if losses else None
+                losses.clear()
+                val_dice = validate(model, val_volumes, cfg, dev) if is_val else None
+                rows.append({"step": done, "loss": last_loss, "lr": lr, "val_dice": val_dice,
+                             "seconds": round(seconds0 + elapsed(), 3)})
+                if is_val:
+                    if val_dice > best_dice:
+                        best_dice, best_step = val_dice, done
+                        save_checkpoint(best_path, checkpoint(done, val_dice, last_loss, full=False))
+                    save_checkpoint(last_path, checkpoint(done, val_dice, last_loss, full=True))
+                    plot_curves(plot_path, rows)
+                    if progress:
+                        bar.write(f"step {done}/{total}: loss {last_loss:.4f}  val Dice {val_dice:.4f}  "
+                                  f"(best {best_dice:.4f} at {best_step})")
+                write_metrics(metrics_path, rows)
+    finally:
+        bar.close()
+        del batches
+    run_s = elapsed()
+    n_steps = end - start
+    return {"step": end, "total_steps": total, "loss": last_loss, "val_dice": val_dice,
+            "best_val_dice": best_dice, "best_step": best_step, "seconds": seconds0 + run_s,
+            "steps_per_s": n_steps / run_s if run_s > 0 else math.nan,
+            "patches_per_s": n_steps * bs / run_s if run_s > 0 else math.nan,
+            "n_train_volumes": n_train_samples, "n_val_volumes": len(val_volumes), "voxel_size_um": voxel_size,
+            "out_dir": str(out), "last": str(last_path), "best": str(best_path)}

@@ -1,0 +1,88 @@
+"""octasim.train.augment: shapes, binary labels, lateral-only geometry, depth orientation kept, seeding."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from octasim.train.augment import build_augmentation, lateral_rotation
+from octasim.train.config import config_from_dict
+
+CFG = config_from_dict({"patch_size": 16, "crop_size": 23})
+ALWAYS = config_from_dict({"patch_size": 16, "crop_size": 23, "augment": {
+    "rotate_prob": 1.0, "zoom_prob": 1.0, "flip_prob": 1.0, "smooth_prob": 1.0, "noise_prob": 1.0,
+    "histogram_shift_prob": 1.0}})
+
+
+def depth_volume(n: int = 23, seed: int = 0):
+    """Image that grows with depth k (plus lateral texture) and a label of blobs."""
+    rng = np.random.default_rng(seed)
+    k = np.linspace(0.05, 0.95, n, dtype=np.float32)
+    image = np.broadcast_to(k, (n, n, n)) + rng.normal(0, 0.02, (n, n, n)).astype(np.float32)
+    label = (rng.random((n, n, n)) > 0.8).astype(np.uint8)
+    return np.clip(image, 0, 1)[None].astype(np.float32), label[None]
+
+
+def test_shapes_range_and_binary_label():
+    t = build_augmentation(ALWAYS, seed=0)
+    image, label = depth_volume()
+    for _ in range(5):
+        out = t({"image": image, "label": label})
+        assert out["image"].shape == (1, 16, 16, 16) and out["label"].shape == (1, 16, 16, 16)
+        assert out["image"].dtype == torch.float32 and type(out["image"]) is torch.Tensor
+        assert float(out["image"].min()) >= 0.0 and float(out["image"].max()) <= 1.0
+        assert set(torch.unique(out["label"]).tolist()) <= {0.0, 1.0}
+
+
+def test_depth_gradient_direction_survives_every_augmentation():
+    image, label = depth_volume()
+    for t in (build_augmentation(ALWAYS, seed=1), build_augmentation(CFG, seed=2)):
+        for _ in range(40):
+            out = t({"image": image, "label": label})["image"][0].numpy()
+            profile = out.mean(axis=(0, 1))  # mean over the lateral plane, per depth k
+            assert np.corrcoef(np.arange(16), profile)[0, 1] > 0.9
+            assert profile[-3:].mean() > profile[:3].mean()
+
+
+def test_rotation_is_lateral_only():
+    n = 21
+    c = n // 2
+    image = np.zeros((1, n, n, n), np.float32)
+    image[0, c + 5:c + 8, c - 1:c + 2, 4] = 1.0  # off-centre 3x3 lateral blob at depth 4
+    rot = lateral_rotation(90.0, prob=1.0)
+    moved = False
+    for seed in range(10):
+        rot.set_random_state(seed=seed)
+        out = rot({"image": image, "label": (image > 0).astype(np.uint8)})
+        img = np.asarray(out["image"])[0]
+        assert np.allclose(img[:, :, np.r_[0:4, 5:n]], 0, atol=1e-6)  # never leaves its depth slice
+        i, j = np.unravel_index(np.argmax(img[:, :, 4]), (n, n))
+        assert abs(np.hypot(i - c, j - c) - 6) <= 1.0  # stays on its circle about the depth axis
+        lab = np.asarray(out["label"])[0]
+        assert lab.sum() >= 4 and lab[:, :, 4].sum() == lab.sum()
+        moved |= (i, j) != (c + 6, c)
+    assert moved
+
+
+def test_flips_are_lateral_only():
+    image, label = depth_volume()
+    from monai.transforms import RandFlipd
+    t = build_augmentation(ALWAYS, seed=0)
+    axes = {tr.flipper.spatial_axis for tr in t.transforms if isinstance(tr, RandFlipd)}
+    assert axes == {0, 1}
+
+
+def test_seeded_is_reproducible():
+    image, label = depth_volume()
+    a = build_augmentation(ALWAYS, seed=5)({"image": image, "label": label})
+    b = build_augmentation(ALWAYS, seed=5)({"image": image, "label": label})
+    c = build_augmentation(ALWAYS, seed=6)({"image": image, "label": label})
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    assert not torch.equal(a["image"], c["image"])
+
+
+def test_include_crop_pads_and_crops_whole_volumes():
+    t = build_augmentation(CFG, include_crop=True, seed=0)
+    rng = np.random.default_rng(0)
+    out = t({"image": rng.random((1, 40, 18, 30), dtype=np.float32),
+             "label": (rng.random((1, 40, 18, 30)) > 0.5).astype(np.uint8)})
+    assert out["image"].shape == (1, 16, 16, 16)

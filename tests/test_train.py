@@ -1,0 +1,222 @@
+"""octasim.train: config loading, data split, a tiny training run, checkpoints, exact resume."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from octasim.model import load_checkpoint, model_from_checkpoint
+from octasim.nifti import write_volume
+from octasim.train.config import ConfigError, TrainConfig, config_from_dict, load_config
+from octasim.train.data import DataError, load_dataset_samples, split_samples
+
+TINY = {"model": {"channels": [4, 8], "strides": [2], "num_res_units": 0, "norm": "BATCH", "act": "PRELU"},
+        "optimizer": {"lr": 0.01}, "batch_size": 2, "patch_size": 16, "steps": 6, "val_every": 3, "log_every": 1,
+        "n_val": 1, "num_workers": 0, "decay_fraction": 0.3, "seed": 3}
+
+
+def tube_volume(shape: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bright straight tubes (lateral and diving, radius 2 voxels) in noise: image float32, label uint8."""
+    rng = np.random.default_rng(seed)
+    ii, jj, kk = np.meshgrid(*(np.arange(shape),) * 3, indexing="ij")
+    label = np.zeros((shape,) * 3, bool)
+    for _ in range(3):
+        a, b = rng.uniform(4, shape - 4, 2)
+        label |= (ii - a) ** 2 + (jj - b) ** 2 <= 4  # diving (along k)
+        label |= (jj - a) ** 2 + (kk - b) ** 2 <= 4  # lateral (along i)
+    image = np.clip(0.15 + 0.6 * label + rng.normal(0, 0.05, label.shape), 0, 1).astype(np.float32)
+    return image, label.astype(np.uint8)
+
+
+def make_dataset(root: Path, n: int = 4, shape: int = 32, seed: int = 0, voxel_size_um: float = 2.0) -> Path:
+    """A tiny dataset folder as `octasim generate` writes it (images, labels, dataset.json)."""
+    samples = []
+    for i in range(n):
+        sid = f"s{i:03d}"
+        image, label = tube_volume(shape, seed * 1000 + i)
+        write_volume(root / "images" / f"{sid}.nii.gz", image, spacing_um=voxel_size_um)
+        write_volume(root / "labels" / f"{sid}.nii.gz", label, spacing_um=voxel_size_um)
+        samples.append({"id": sid, "image": f"images/{sid}.nii.gz", "label": f"labels/{sid}.nii.gz",
+                        "seed": seed * 1000 + i, "params": {}})
+    (root / "dataset.json").write_text(json.dumps({"format": "octasim-dataset", "version": 1,
+                                                   "voxel_size_um": voxel_size_um, "shape": [shape] * 3,
+                                                   "samples": samples}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("ds"))
+
+
+def tiny(**kw) -> TrainConfig:
+    return config_from_dict({**TINY, **kw})
+
+
+# -- config -----------------------------------------------------------------------------------------
+
+def test_shipped_configs_load():
+    paper = load_config("paper")
+    assert paper.model.channels == [32, 64, 128, 256, 512] and paper.model.dropout == 0.3
+    assert paper.model.act == "LEAKYRELU" and paper.model.norm == "BATCH"
+    assert paper.optimizer.lr == 1e-5 and paper.optimizer.betas == [0.5, 0.999]
+    assert paper.steps == 200 * 1562 and paper.batch_size == 32 and paper.crop == 91 and paper.patch_size == 64
+    assert paper.decay_fraction == pytest.approx(30 / 200)
+    default = load_config("default")
+    assert max(default.model.channels) <= 128 and default.patch_size == 64
+    mixed = load_config("mixed")
+    assert {p.name for p in mixed.on_the_fly.profiles} == {"paper", "octa", "two-photon"}
+    from octasim.train.data import SynthRenderer
+    spec, name = SynthRenderer(mixed)._profile("paper")  # overrides are valid profile parameters
+    assert name == "paper" and spec["acquisition"] == 0.5
+
+
+def test_unknown_key_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  chanels: [4, 8]\n")
+    with pytest.raises(ConfigError, match="model.chanels"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="loss.name"):
+        config_from_dict({"loss": {"name": "focal"}})
+    with pytest.raises(ConfigError, match="no such training config"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_lr_schedule_constant_then_linear():
+    from octasim.train.trainer import lr_factor
+    f = [lr_factor(s, 200, 0.15) for s in range(201)]
+    assert f[0] == f[169] == 1.0
+    assert f[170] == 1.0 and f[185] == pytest.approx(0.5) and f[200] == 0.0
+    assert all(a >= b for a, b in zip(f, f[1:]))
+
+
+# -- data -------------------------------------------------------------------------------------------
+
+def test_split_disjoint_and_deterministic(tmp_path):
+    root = make_dataset(tmp_path / "d", n=10, shape=8)
+    samples = load_dataset_samples([root]).samples
+    cfg = config_from_dict({"val_fraction": 0.3})
+    train, val = split_samples(samples, cfg)
+    assert len(val) == 3 and len(train) == 7
+    assert not {s.id for s in train} & {s.id for s in val}
+    assert {s.id for s in train} | {s.id for s in val} == {s.id for s in samples}
+    assert split_samples(samples, cfg) == (train, val)
+    other = split_samples(samples, config_from_dict({"val_fraction": 0.3, "seed": 1}))[1]
+    assert [s.id for s in other] != [s.id for s in val]
+    with pytest.raises(DataError, match="at least 2"):
+        split_samples(samples[:1], cfg)
+
+
+def test_patch_dataset_is_a_function_of_index(dataset):
+    from octasim.train.data import PatchDataset, load_volumes
+    vols = load_volumes(load_dataset_samples([dataset]).samples)
+    cfg = tiny()
+    ds = PatchDataset(vols, cfg, length=8)
+    a, b = ds[5], ds[2]
+    assert a["image"].shape == (1, 16, 16, 16) and a["label"].shape == (1, 16, 16, 16)
+    assert set(torch.unique(a["label"]).tolist()) <= {0.0, 1.0}
+    assert torch.equal(ds[5]["image"], a["image"]) and not torch.equal(a["image"], b["image"])
+    shifted = PatchDataset(vols, cfg, length=8, offset=3)
+    assert torch.equal(shifted[2]["image"], a["image"])
+    from torch.utils.data import DataLoader
+    first = [next(iter(DataLoader(ds, batch_size=4, num_workers=w)))["image"] for w in (0, 1)]
+    assert torch.equal(*first)  # the stream does not depend on the number of loader workers
+
+
+def test_dataset_errors(tmp_path):
+    with pytest.raises(DataError, match="dataset.json"):
+        load_dataset_samples([tmp_path])
+    (tmp_path / "dataset.json").write_text(json.dumps({"format": "octasim-dataset", "samples": []}))
+    with pytest.raises(DataError, match="no samples"):
+        load_dataset_samples([tmp_path])
+    (tmp_path / "dataset.json").write_text(json.dumps({"samples": [{"id": "a", "image": "images/a.nii.gz",
+                                                                    "label": "labels/a.nii.gz"}]}))
+    with pytest.raises(DataError, match="images/a.nii.gz"):
+        load_dataset_samples([tmp_path])
+
+
+def test_on_the_fly_never_repeats_a_volume():
+    from octasim.train.data import OnTheFlyDataset
+    seen = []
+
+    def fake(profile, seed, index):
+        seen.append((profile, seed, index))
+        return tube_volume(24, seed * 100 + index)
+
+    cfg = tiny(on_the_fly={"profiles": [{"name": "octa", "weight": 1}, {"name": "paper", "weight": 1}],
+                           "shape": [24, 24, 24], "crops_per_volume": 2})
+    it = iter(OnTheFlyDataset(cfg, renderer=fake))
+    patches = [next(it) for _ in range(12)]
+    assert len(seen) == 6 and len({s[2] for s in seen}) == 6
+    assert {s[0] for s in seen} <= {"octa", "paper"}
+    assert patches[0]["image"].shape == (1, 16, 16, 16)
+
+
+def test_on_the_fly_training_run(tmp_path):
+    from octasim.train.trainer import train
+
+    def fake(profile, seed, index):
+        return tube_volume(24, seed % 1000 + index)
+
+    cfg = tiny(steps=3, on_the_fly={"shape": [24, 24, 24], "crops_per_volume": 2, "n_val": 1})
+    m = train(cfg, [], tmp_path / "otf", on_the_fly=True, renderer=fake, device="cpu", progress=False)
+    assert m["step"] == 3 and m["n_val_volumes"] == 1
+    assert load_checkpoint(tmp_path / "otf" / "best.pt")["on_the_fly"] is True
+
+
+# -- training ---------------------------------------------------------------------------------------
+
+def test_tiny_run_writes_checkpoints(dataset, tmp_path):
+    from octasim.train.trainer import train
+    out = tmp_path / "run"
+    m = train(tiny(), [dataset], out, device="cpu", progress=False)
+    for name in ("last.pt", "best.pt", "metrics.csv", "curves.png"):
+        assert (out / name).exists(), name
+    assert m["step"] == 6 and 0.0 <= m["val_dice"] <= 1.0
+    raw = torch.load(out / "last.pt", weights_only=True)  # plain data and tensors only
+    assert raw["step"] == 6 and "optimizer_state" in raw and "rng" in raw
+    best = load_checkpoint(out / "best.pt")
+    assert best["voxel_size_um"] == 2.0 and best["patch_size"] == 16 and best["threshold"] == 0.5
+    assert best["preprocessing"] == {"clip_percentiles": [0.5, 99.5]}
+    assert best["train_config"]["model"]["channels"] == [4, 8] and "optimizer_state" not in best
+    model = model_from_checkpoint(best)
+    assert model(torch.rand(1, 1, 16, 16, 16)).shape == (1, 1, 16, 16, 16)
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[2]["val_dice"] and not rows[1]["val_dice"]
+    from octasim.train.trainer import TrainError
+    with pytest.raises(TrainError, match="already holds"):
+        train(tiny(), [dataset], out, device="cpu", progress=False)
+    with pytest.raises(TrainError, match="nothing to resume"):
+        train(tiny(), [dataset], tmp_path / "new", device="cpu", progress=False, resume=True)
+
+
+def test_resume_is_exact(dataset, tmp_path):
+    from octasim.train.trainer import train
+    cfg = tiny(model={"channels": [4, 8], "strides": [2], "num_res_units": 0, "dropout": 0.2})
+    train(cfg, [dataset], tmp_path / "full", steps=8, device="cpu", progress=False)
+    train(cfg, [dataset], tmp_path / "split", steps=8, stop_at=4, device="cpu", progress=False)
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == 4
+    train(cfg, [dataset], tmp_path / "split", steps=8, resume=True, device="cpu", progress=False)
+    a = load_checkpoint(tmp_path / "full" / "last.pt")
+    b = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert b["step"] == 8
+    for k, v in a["model_state"].items():
+        assert torch.equal(v, b["model_state"][k]), k
+    with open(tmp_path / "split" / "metrics.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 9))
+
+
+def test_loss_decreases_on_easy_problem(dataset, tmp_path):
+    from octasim.train.trainer import train
+    cfg = tiny(steps=40, val_every=40, decay_fraction=0.0, optimizer={"lr": 0.02},
+               augment={"histogram_shift_prob": 0.0})
+    train(cfg, [dataset], tmp_path / "run", device="cpu", progress=False)
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        loss = [float(r["loss"]) for r in csv.DictReader(f)]
+    assert np.mean(loss[-8:]) < np.mean(loss[:8]) - 0.1, loss
