@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
     t = _step("4/4 evaluate: Dice, clDice and topology errors against the exact labels")
     results = out / "results.csv"
-    rc = octasim(["evaluate", "--pred", str(out / "segmentation"), "--label", str(out / "data_test" / "labels"),
+    rc = octasim(["evaluate", "--pred", str(out / "segmentation"), "--prob", str(out / "segmentation"),
+                  "--label", str(out / "data_test" / "labels"),
                   "--out", str(results)])
     if rc:
         return rc
