@@ -26,6 +26,10 @@ from octasim.graph import VesselGraph
 RULES = ("too_few_nodes", "no_surface_vessel", "below_cortex_depth", "too_few_edges")
 
 
+class NoPatchError(ValueError):
+    """A graph yielded no patch; the message holds the extraction report and advice."""
+
+
 @dataclass
 class ExtractParams:
     """Thresholds of the patch extractor; all lengths in um.

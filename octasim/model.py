@@ -62,9 +62,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def model_from_checkpoint(state: dict[str, Any], device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild the network of a loaded checkpoint, in eval mode on ``device``."""
-    model = build_unet(state["model_config"])
-    model.load_state_dict(state["model_state"])
+    """Rebuild the network of a loaded checkpoint, in eval mode on ``device``.
+
+    A model configuration that does not fit the stored weights raises CheckpointError.
+    """
+    try:
+        model = build_unet(state["model_config"])
+        model.load_state_dict(state["model_state"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"the checkpoint's model_config does not match its weights ({first})") from exc
     return model.to(device).eval()
 
 

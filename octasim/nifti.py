@@ -33,9 +33,14 @@ def is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
-def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size in um along i, j, k (column norms of the affine, which is in mm)."""
-    return tuple(float(v) * 1000.0 for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+#: micrometres per unit of the NIfTI header's spatial unit (an unset unit means mm, as viewers assume)
+UM_PER_UNIT = {"meter": 1e6, "mm": 1e3, "micron": 1.0, "unknown": 1e3}
+
+
+def spacing_from_affine(affine: np.ndarray, unit: str = "mm") -> tuple[float, float, float]:
+    """Voxel size in um along i, j, k: column norms of the affine, given in the header's ``unit``."""
+    scale = UM_PER_UNIT.get(unit, 1e3)
+    return tuple(float(v) * scale for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
 
 
 def affine_for_spacing(spacing_um) -> np.ndarray:
@@ -54,7 +59,9 @@ def read_volume(path: str | Path, dtype=np.float32) -> Volume:
     if not path.exists():
         raise VolumeError(f"{path}: no such file")
     if not is_nifti(path):
-        raise VolumeError(f"{path}: not a NIfTI file (expected .nii or .nii.gz)")
+        hint = (" (convert TIFF stacks with `octasim convert FILE --out DIR --voxel-size X Y Z`)"
+                if path.suffix.lower() in (".tif", ".tiff") else "")
+        raise VolumeError(f"{path}: not a NIfTI file (expected .nii or .nii.gz){hint}")
     try:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj)
@@ -73,7 +80,8 @@ def read_volume(path: str | Path, dtype=np.float32) -> Volume:
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise VolumeError(f"{path}: the image contains NaN or infinite values")
     affine = img.affine if img.affine is not None else np.eye(4)
-    return Volume(data, np.asarray(affine, float), img.header, spacing_from_affine(affine), path)
+    unit = img.header.get_xyzt_units()[0]
+    return Volume(data, np.asarray(affine, float), img.header, spacing_from_affine(affine, unit), path)
 
 
 def write_volume(path: str | Path, data: np.ndarray, affine: np.ndarray | None = None,
@@ -81,8 +89,9 @@ def write_volume(path: str | Path, data: np.ndarray, affine: np.ndarray | None =
     """Write ``data`` as NIfTI atomically (temporary name, then rename).
 
     Give either ``affine`` (mm, e.g. the input scan's) or ``spacing_um`` (diagonal affine).
-    With ``header`` the input's header is reused (orientation codes, units) with the new data type.
-    Units are set to mm, so ITK-SNAP, Fiji, napari and 3D Slicer show the physical scale.
+    With ``header`` (an input scan's) its spatial unit and qform / sform codes are kept, so the
+    output overlays the input exactly; otherwise the unit is mm and both codes are 1 (scanner), so
+    ITK-SNAP, Fiji, napari and 3D Slicer show the physical scale.
     """
     if affine is None:
         if spacing_um is None:
@@ -91,9 +100,18 @@ def write_volume(path: str | Path, data: np.ndarray, affine: np.ndarray | None =
     hdr = header.copy() if header is not None else None
     img = nib.Nifti1Image(np.asarray(data), affine, hdr)
     img.set_data_dtype(np.asarray(data).dtype)
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
+    if header is not None:
+        unit = header.get_xyzt_units()[0]
+        img.header.set_xyzt_units(unit if unit != "unknown" else "mm", header.get_xyzt_units()[1])
+        qform, qcode = header.get_qform(coded=True)
+        sform, scode = header.get_sform(coded=True)
+        img.set_sform(affine, code=int(scode) if scode else 1)
+        same_q = qform is not None and np.allclose(qform, affine)
+        img.set_qform(affine if (same_q or qform is None) else qform, code=int(qcode) if qcode else 1)
+    else:
+        img.header.set_xyzt_units("mm", "sec")
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
     if np.issubdtype(np.asarray(data).dtype, np.floating):
         img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
     path = Path(path)

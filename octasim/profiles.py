@@ -8,6 +8,8 @@ lists only the keys it changes. ``data/profiles/paper.yaml`` defines every param
 """
 from __future__ import annotations
 
+import difflib
+
 import math
 from pathlib import Path
 from typing import Any
@@ -163,7 +165,9 @@ def _check_value(key: str, value: Any, source: str) -> None:
 def _check_keys(data: dict, source: str) -> None:
     for key, value in data.items():
         if key not in PARAMETERS:
-            raise ProfileError(f"{source}: unknown profile key {key!r}; valid keys: {', '.join(PARAMETERS)}")
+            close = difflib.get_close_matches(str(key), PARAMETERS, n=3)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            raise ProfileError(f"{source}: unknown profile key {key!r}{hint}; valid keys: {', '.join(PARAMETERS)}")
         _check_value(key, value, source)
 
 

@@ -229,7 +229,7 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
     """
     from tqdm.auto import tqdm
 
-    from octasim.model import load_checkpoint
+    from octasim.model import CheckpointError, load_checkpoint
     from octasim.qc import save_overlay_qc
 
     if method not in METHODS:
@@ -252,7 +252,10 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
         if state is None:
             raise ValueError("--method unet needs a trained model: pass --model runs/NAME/best.pt "
                              "(or use --method otsu / frangi)")
-        net, _ = prepare_model(state, device)
+        try:
+            net, _ = prepare_model(state, device)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{model if not isinstance(model, dict) else 'checkpoint'}: {exc}") from exc
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: exists and is not a folder")

@@ -175,7 +175,8 @@ def _rasterize(p0: np.ndarray, p1: np.ndarray, rad: np.ndarray, shape: tuple[int
     # distance from the axis up to which a voxel is touched (label, or occupancy > 0)
     reach = np.maximum(rad, np.maximum(occ_core + 0.5, 1.0)) if occ is not None else rad
     keyer = _Keyer(edge_hi=(rank.astype(np.int64) + 1) << (d_bits + e_bits), e_bits=e_bits,
-                   d_top=(1 << d_bits) - 1, d_scale=((1 << d_bits) - 1) / (float(reach.max()) + 1.0))
+                   d_top=(1 << d_bits) - 1, d_scale=((1 << d_bits) - 1) / (float(rad.max()) + 1.0))
+    # the scale depends on the radii only, so the winner of a voxel does not change with ``occupancy``
 
     # ---- cut long edges into pieces (the union of the pieces' capsules is the edge's capsule)
     vec = p1 - p0

@@ -50,7 +50,6 @@ def register(subparsers) -> None:
                    help="threshold applied to probability maps given as --pred (0-1)")
     p.add_argument("--no-topology", action="store_true",
                    help="skip the Betti-0 / Betti-1 errors (connected-component analysis; slow on very large volumes)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.set_defaults(func=run)
 
 

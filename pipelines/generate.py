@@ -34,7 +34,7 @@ def register(subparsers) -> None:
                         "two-photon, or a YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a profile parameter (repeatable); VALUE is YAML, a [lo, hi] list is a range "
-                        "sampled per volume, e.g. --set len_tail=0.5 --set granular_noise_std_max=[0.5,1.0]")
+                        "sampled per volume, e.g. --set len_tail=0.5 --set granular_noise_std=[0.5,1.0]")
     p.add_argument("--shape", type=int, nargs="+", default=[250], metavar="VOXELS",
                    help="volume shape in voxels: one edge length or three (i j k, depth = k)")
     p.add_argument("--voxel-size", type=float, default=2.0, metavar="UM",
@@ -79,8 +79,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--shape takes one or three integers, got {len(args.shape)}")
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    if args.graph is not None and not args.graph.exists():
-        raise FileNotFoundError(f"{args.graph}: no such vessel graph file")
     overrides = parse_assignments(args.overrides, "--set")
     spec = str(args.profile)
     if spec.lower().endswith((".yaml", ".yml")):

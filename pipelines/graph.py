@@ -13,10 +13,6 @@ DEFAULT_SIZE_UM = (2000.0, 2000.0, 1200.0)
 DEFAULT_FOV_UM = (500.0, 500.0, 500.0)
 
 
-class NoPatchError(ValueError):
-    """The graph yielded no patch; the message holds the extraction report and advice."""
-
-
 def register(subparsers) -> None:
     """Add ``graph`` and its sub-commands to the ``octasim`` parser."""
     from pipelines.cli import HelpFormatter
@@ -84,8 +80,6 @@ def _read(args, drop_outside: bool = False):
 
     if args.voxel_size is not None and args.voxel_size <= 0:
         raise ValueError(f"--voxel-size must be positive (um), got {args.voxel_size}")
-    if not args.graph.exists():
-        raise FileNotFoundError(f"{args.graph}: no such file or folder")
     return read_graph(args.graph, voxel_size_um=args.voxel_size, drop_outside=drop_outside)
 
 
@@ -117,11 +111,10 @@ def format_stats(stats: dict[str, Any], kinds: dict[str, int] | None = None) -> 
     return "\n".join(lines)
 
 
-KIND_NAMES = {0: "capillary", 1: "penetrating arteriole", 2: "ascending venule", 3: "pial artery", 4: "pial vein"}
-
-
 def _kind_counts(graph) -> dict[str, int] | None:
     import numpy as np
+
+    from octasim.generator import KIND_NAMES
 
     kind = graph.edge_attrs.get("kind")
     if kind is None:
@@ -145,11 +138,12 @@ def run_info(args) -> int:
 # ----------------------------------------------------------------------- generate
 def run_generate(args) -> int:
     from octasim.generator import CortexParams, generate_cortex
-    from octasim.graph_io import write_graph
+    from octasim.graph_io import _format_for_write, write_graph
 
     size = tuple(float(v) for v in args.size_um)
     if min(size) <= 0:
         raise ValueError(f"--size-um must be three positive sizes in um, got {list(size)}")
+    _format_for_write(Path(args.out), None)  # an unknown extension fails before the work
     t0 = time.perf_counter()
     graph = generate_cortex(CortexParams(size_um=size), seed=args.seed, progress=sys.stderr.isatty())
     seconds = time.perf_counter() - t0
@@ -180,7 +174,7 @@ def run_extract(args) -> int:
     from dataclasses import asdict
 
     from octasim.atomic import atomic_path
-    from octasim.extract import extract_patches
+    from octasim.extract import NoPatchError, extract_patches
     from octasim.graph_io import write_graph
 
     params = extract_params_from_args(args)

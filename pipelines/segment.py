@@ -56,7 +56,6 @@ def register(subparsers) -> None:
                    help="voxel size in um along the i, j, k axes, overriding the headers")
     p.add_argument("--sigmas-um", type=float, nargs="+", default=FRANGI_SIGMAS_UM,
                    help="Frangi scales in um (--method frangi only)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.set_defaults(func=run)
 
 

@@ -38,3 +38,13 @@ def test_help_exits_cleanly(command, capsys):
 def test_no_command_prints_help_and_fails(capsys):
     assert main([]) == 1
     assert "COMMAND" in capsys.readouterr().out
+
+
+def test_options_in_micrometres_say_so():
+    import re
+
+    for path, sub in _subparsers(build_parser()):
+        for action in sub._actions:
+            if action.dest.endswith("_um") or "voxel_size" in action.dest or action.dest.endswith("_um3"):
+                assert re.search(r"\bum(\^3|3)?\b", action.help or ""), \
+                    f"octasim {' '.join(path)} --{action.dest}: help does not give the unit (um)"

@@ -22,6 +22,12 @@ def test_checkpoint_round_trip_restores_identical_outputs(tmp_path):
         assert torch.equal(model(x), model_from_checkpoint(state)(x))
 
 
+def test_weights_that_do_not_fit_the_config_are_a_checkpoint_error(tmp_path):
+    state = {"model_state": build_unet(TINY).state_dict(), "model_config": {**TINY, "channels": [8, 16]}}
+    with pytest.raises(CheckpointError, match="does not match"):
+        model_from_checkpoint(state)
+
+
 def test_checkpoint_with_code_or_wrong_version_is_refused(tmp_path):
     # a pickled object that is not plain data (here a Python set of a class instance) must not load
     torch.save({"model_state": {}, "model_config": {}, "obj": _Evil()}, tmp_path / "evil.pt")

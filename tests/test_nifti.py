@@ -62,3 +62,22 @@ def test_list_volumes_expands_folders(tmp_path):
     for name in ("b.nii.gz", "a.nii", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
     assert [p.name for p in list_volumes([tmp_path])] == ["a.nii", "b.nii.gz"]
+
+
+def test_micron_unit_headers_give_um_spacing_and_outputs_keep_them(tmp_path):
+    img = nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.diag([0.994, 0.994, 5.0, 1.0]))
+    img.header.set_xyzt_units("micron")
+    img.set_sform(np.diag([0.994, 0.994, 5.0, 1.0]), code=2)  # aligned space
+    nib.save(img, str(tmp_path / "um.nii.gz"))
+    vol = read_volume(tmp_path / "um.nii.gz")
+    assert np.allclose(vol.spacing_um, (0.994, 0.994, 5.0), rtol=1e-6)
+    out = write_volume(tmp_path / "mask.nii.gz", np.ones((4, 4, 4), np.uint8), affine=vol.affine, header=vol.header)
+    again = read_volume(out)
+    assert np.allclose(again.spacing_um, vol.spacing_um, rtol=1e-6)
+    assert int(nib.load(str(out)).header["sform_code"]) == 2
+
+
+def test_tiff_input_gets_a_conversion_hint(tmp_path):
+    (tmp_path / "stack.tif").write_bytes(b"II*\x00")
+    with pytest.raises(VolumeError, match="octasim convert"):
+        read_volume(tmp_path / "stack.tif")
