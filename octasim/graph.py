@@ -286,21 +286,22 @@ class VesselGraph:
             radius.append(float(data[radius_key]))
             edata.append(data)
         return cls(nodes, np.array(edges, dtype=np.int64).reshape(-1, 2), np.array(radius),
-                   _common_attrs([g.nodes[n] for n in g.nodes], pos_key), _common_attrs(edata, radius_key))
+                   {k: np.asarray(v) for k, v in common_scalar_attrs([g.nodes[n] for n in g.nodes], {pos_key}).items()},
+                   {k: np.asarray(v) for k, v in common_scalar_attrs(edata, {radius_key}).items()})
 
 
-def _common_attrs(items: list[dict], skip: str) -> dict[str, np.ndarray]:
-    """Scalar attributes that every dict in ``items`` has (except ``skip``), as arrays."""
+def common_scalar_attrs(items: list[dict], skip: set[str]) -> dict[str, list]:
+    """Scalar attributes that every dict in ``items`` has (names in ``skip`` excepted), as value lists."""
     if not items:
         return {}
-    names = set(items[0]).difference({skip})
+    names = set(items[0]).difference(skip)
     for d in items[1:]:
         names &= d.keys()
     out = {}
     for name in sorted(names):
         values = [d[name] for d in items]
         if all(isinstance(v, (bool, int, float, str, np.generic)) for v in values):
-            out[name] = np.asarray(values)
+            out[name] = values
     return out
 
 

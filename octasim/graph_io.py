@@ -45,7 +45,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .atomic import atomic_path
-from .graph import GraphError, VesselGraph
+from .graph import GraphError, VesselGraph, common_scalar_attrs
 
 FORMATS = ("vesselgraph", "clearmap", "secomb", "graphml", "gml", "npz")
 #: formats whose files hold positions and radii in voxels
@@ -450,20 +450,6 @@ def _pos_of(path: Path, node, data: dict) -> list[float]:
     raise GraphError(f"{path}: node {node} has no position: needs attributes 'x', 'y', 'z' (um) or 'pos'")
 
 
-def _scalar_attrs(items: list[dict], skip: set[str]) -> dict[str, list]:
-    if not items:
-        return {}
-    common = set(items[0]).difference(skip)
-    for d in items[1:]:
-        common &= d.keys()
-    out = {}
-    for name in sorted(common):
-        vals = [d[name] for d in items]
-        if all(isinstance(v, (bool, int, float, str, np.generic)) for v in vals):
-            out[name] = vals
-    return out
-
-
 def _read_networkx(path: Path, fmt: str) -> tuple[VesselGraph, Path]:
     import networkx as nx
 
@@ -491,8 +477,8 @@ def _read_networkx(path: Path, fmt: str) -> tuple[VesselGraph, Path]:
         edata.append(d)
     dtypes = _json_attr(path, g.graph.get("octasim_dtypes"), {})
     skip_n = {"x", "y", "z", "pos"} | ({"label"} if fmt == "gml" else set())
-    node_attrs = {k: _as_array(v, dtypes.get(f"node:{k}")) for k, v in _scalar_attrs(ndata, skip_n).items()}
-    edge_attrs = {k: _as_array(v, dtypes.get(f"edge:{k}")) for k, v in _scalar_attrs(edata, {"radius"}).items()}
+    node_attrs = {k: _as_array(v, dtypes.get(f"node:{k}")) for k, v in common_scalar_attrs(ndata, skip_n).items()}
+    edge_attrs = {k: _as_array(v, dtypes.get(f"edge:{k}")) for k, v in common_scalar_attrs(edata, {"radius"}).items()}
     meta = _json_attr(path, g.graph.get("octasim_meta"), {})
     return VesselGraph(nodes, np.array(edges, np.int64).reshape(-1, 2), np.array(radius, float),
                        node_attrs, edge_attrs, meta), path
