@@ -70,6 +70,29 @@ class SynthConfig:
     extract:            overrides of ``ExtractParams`` (applied after scaling to the FOV).
     occupancy:          render partial-volume occupancy (smoother image; label stays binary).
     profile_name:       name recorded for the profile (set by :meth:`resolved`).
+    depth_offset_um:    how far (um) the patch window lies below the extractor's start (just above
+                        the shallowest surface vessel): fixed, or [lo, hi] drawn per sample.
+                        0 (default) = the reference rule, every patch at the brain surface; deeper
+                        offsets give deep-cortex volumes (capillaries and penetrating vessels, a few %
+                        vessel voxels). Procedural blocks are made deeper by the largest offset.
+    voxel_size_um:      may also be a range [lo, hi] (um), drawn per sample: the same voxel grid
+                        then covers a different field of view (shape x voxel size), so vessels
+                        appear at different scales in voxels (scale randomization; a small FOV over
+                        a pial vessel is mostly vessel). Written volumes carry the drawn voxel size.
+    pial_radius_min_um: None (default): procedural pial vessels as ``cortex`` says. A value or a
+                        [lo, hi] range (drawn per sample), um: the smallest pial vessel radius of the
+                        sample's procedural block (raises ``CortexParams.pial_radius_um[0]``; pial
+                        radii of small blocks come out near 10-20 um by Murray's law, while real
+                        surface vessels reach r = 25-50 um). Ignored for graph files.
+    label_min_occupancy: None (default): the label is the centre test of the voxelizer. A number in
+                        (0, 1]: voxels whose partial-volume occupancy is at least this are labelled
+                        too (a more generous label, like manual labels of real stacks; at most
+                        about half a voxel wider than the centre test).
+    label_acquisition:  False (default): the label is exact on the voxel grid. True: for samples whose
+                        profile simulates acquisition (``acquisition`` on), the label is drawn as a
+                        person labels the acquired stack: a voxel is vessel when any vessel voxel lies
+                        in the same scanner cell (lateral step x slice spacing), e.g. a lateral
+                        capillary 5 um tall fills the whole 5 um slice(s) it touches.
     """
 
     profile: str | dict = "paper"
@@ -82,6 +105,10 @@ class SynthConfig:
     extract: dict = field(default_factory=dict)
     occupancy: bool = True
     profile_name: str | None = None
+    depth_offset_um: float | list[float] = 0.0
+    pial_radius_min_um: float | list[float] | None = None
+    label_min_occupancy: float | None = None
+    label_acquisition: bool = False
 
     def __post_init__(self) -> None:
         shape = np.atleast_1d(np.asarray(self.shape, dtype=int)).tolist()
@@ -90,9 +117,21 @@ class SynthConfig:
         if len(shape) != 3 or min(shape) < 1:
             raise ValueError(f"shape must be one or three positive integers, got {self.shape!r}")
         self.shape = tuple(int(s) for s in shape)
-        self.voxel_size_um = float(self.voxel_size_um)
-        if not self.voxel_size_um > 0:
+        self.voxel_size_um = _value_or_range(self.voxel_size_um, "voxel_size_um")
+        if not min(_bounds(self.voxel_size_um)) > 0:
             raise ValueError(f"voxel size must be positive (um), got {self.voxel_size_um}")
+        self.depth_offset_um = _value_or_range(self.depth_offset_um, "depth_offset_um")
+        if min(_bounds(self.depth_offset_um)) < 0:
+            raise ValueError(f"depth_offset_um must be >= 0 (um below the extractor's start), "
+                             f"got {self.depth_offset_um}")
+        if self.pial_radius_min_um is not None:
+            self.pial_radius_min_um = _value_or_range(self.pial_radius_min_um, "pial_radius_min_um")
+            if not min(_bounds(self.pial_radius_min_um)) > 0:
+                raise ValueError(f"pial_radius_min_um must be positive (um), got {self.pial_radius_min_um}")
+        if self.label_min_occupancy is not None:
+            self.label_min_occupancy = float(self.label_min_occupancy)
+            if not 0.0 < self.label_min_occupancy <= 1.0:
+                raise ValueError(f"label_min_occupancy must be in (0, 1] or None, got {self.label_min_occupancy}")
         self.seed = int(self.seed)
         if self.graph is not None:
             self.graph = str(self.graph)
@@ -101,16 +140,37 @@ class SynthConfig:
         self.cortex = dict(self.cortex or {})
         self.extract = dict(self.extract or {})
         self.occupancy = bool(self.occupancy)
+        self.label_acquisition = bool(self.label_acquisition)
 
     @property
     def fov_um(self) -> tuple[float, float, float]:
-        """Field of view of one sample, um (shape * voxel size)."""
-        return tuple(float(s) * self.voxel_size_um for s in self.shape)
+        """Field of view of one sample, um (shape * voxel size; the largest one for a voxel-size range)."""
+        return self.fov_for(max(_bounds(self.voxel_size_um)))
+
+    def fov_for(self, voxel_size_um: float) -> tuple[float, float, float]:
+        """Field of view (um) of the voxel grid at ``voxel_size_um``."""
+        return tuple(float(s) * float(voxel_size_um) for s in self.shape)
+
+    @property
+    def nominal_voxel_size_um(self) -> float:
+        """The voxel size (um) a dataset records: the fixed value, or the middle of a range."""
+        lo, hi = _bounds(self.voxel_size_um)
+        return 0.5 * (lo + hi)
+
+    @property
+    def fixed_geometry(self) -> bool:
+        """True when voxel size and depth offset are fixed and the offset is 0 (the reference rule)."""
+        return not isinstance(self.voxel_size_um, list) and self.depth_offset_um == 0.0 \
+            and not isinstance(self.depth_offset_um, list) and self.pial_radius_min_um is None
 
     def to_dict(self) -> dict:
-        """Plain JSON-serializable dict."""
+        """Plain JSON-serializable dict (keys of the realism options are left out at their defaults,
+        so manifests of datasets that do not use them stay as before)."""
         d = asdict(self)
         d["shape"] = list(self.shape)
+        for key, default in _OPTIONAL_DEFAULTS.items():
+            if d.get(key) == default and not isinstance(d.get(key), list):
+                d.pop(key)
         return _plain(d)
 
     @classmethod
@@ -139,6 +199,37 @@ class SynthConfig:
         return replace(self, profile=profile, graph=graph, profile_name=name)
 
 
+#: SynthConfig keys omitted from ``to_dict`` at these default values
+_OPTIONAL_DEFAULTS = {"depth_offset_um": 0.0, "pial_radius_min_um": None, "label_min_occupancy": None,
+                      "label_acquisition": False}
+
+
+def _value_or_range(value, name: str) -> float | list[float]:
+    """A float, or a [lo, hi] list of two floats with lo <= hi."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        vals = [float(v) for v in np.asarray(value, dtype=float).ravel()]
+        if len(vals) == 1:
+            return vals[0]
+        if len(vals) != 2 or not all(np.isfinite(vals)) or vals[0] > vals[1]:
+            raise ValueError(f"{name} must be a number or a range [lo, hi] with lo <= hi, got {value!r}")
+        return vals[0] if vals[0] == vals[1] else vals
+    v = float(value)
+    if not np.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def _bounds(value: float | list[float]) -> tuple[float, float]:
+    """(lo, hi) of a value or range."""
+    return (float(value[0]), float(value[1])) if isinstance(value, list) else (float(value), float(value))
+
+
+def _draw(value: float | list[float], rng: np.random.Generator) -> float:
+    """A fixed value, or uniform in [lo, hi]."""
+    lo, hi = _bounds(value)
+    return lo if lo == hi else float(rng.uniform(lo, hi))
+
+
 # --------------------------------------------------------------------------- seeds
 def sample_seed(config: SynthConfig, index: int) -> int:
     """The seed of sample ``index`` (a 32-bit integer derived from (config.seed, index))."""
@@ -153,12 +244,15 @@ def sample_id(index: int) -> str:
 
 
 # --------------------------------------------------------------------------- patch sources
-def _extract_params(config: SynthConfig):
-    """ExtractParams for this config's FOV (scaled from the 500 um reference), then user overrides."""
+def _extract_params(config: SynthConfig, fov: tuple[float, float, float] | None = None,
+                    extra_depth_um: float = 0.0):
+    """ExtractParams for a FOV (default: the config's; scaled from the 500 um reference), then user
+    overrides; ``extra_depth_um`` makes the patch box that much taller (for a depth offset: the
+    box then reaches the deepest window, and the cortex-depth rule applies to the window's end)."""
     from octasim.extract import ExtractParams
 
     params = ExtractParams()
-    fov = config.fov_um
+    fov = config.fov_um if fov is None else tuple(float(v) for v in fov)
     if tuple(float(v) for v in np.broadcast_to(params.fov_um, (3,))) != fov:
         params = params.scaled_to(fov)
     if config.extract:
@@ -167,7 +261,26 @@ def _extract_params(config: SynthConfig):
         if unknown:
             raise ValueError(f"unknown extractor parameter(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         params = replace(params, **config.extract)
+    if extra_depth_um > 0:
+        f = params.fov_um
+        params = replace(params, fov_um=(f[0], f[1], f[2] + float(extra_depth_um)))
     return params
+
+
+def window_patch(patch, fov: tuple[float, float, float], depth_offset_um: float):
+    """The part of ``patch`` (origin at its corner) inside the window [0, fov_x] x [0, fov_y] x
+    [d, d + fov_z] (d = ``depth_offset_um``), translated so that the window corner is the origin
+    (edges with one end inside are kept whole, as the extractor does). Returns a new Patch."""
+    from octasim.extract import Patch
+
+    d = float(depth_offset_um)
+    lo = np.array([0.0, 0.0, d])
+    hi = lo + np.asarray(fov, float)
+    sub = patch.graph.crop(lo, hi).translate(-lo)
+    origin = np.asarray(patch.origin_um, float) + lo
+    sub.meta = {**sub.meta, "patch_origin_um": origin.tolist(), "patch_size_um": list(map(float, fov)),
+                "depth_offset_um": d}
+    return Patch(sub, origin, np.asarray(fov, float).copy(), patch.pillar)
 
 
 #: the extractor's advice names ``octasim graph extract`` options; their ``octasim generate`` twins
@@ -211,11 +324,44 @@ class GraphPatchSource:
             raise NoPatchError(f"{config.graph}: the graph yields no {fov} um patch.\n"
                                f"{_report_text(self.report)}\n{hint}")
 
-    def draw(self, rng: np.random.Generator, seed: int):
-        """(patch, source record) for one sample."""
-        k = int(rng.integers(len(self.patches)))
-        patch = self.patches[k]
-        return patch, {"graph": self.path, "patch_index": k, "n_patches": len(self.patches),
+        self.config = config
+        self._graph = graph
+        self._by_fov: dict[tuple, tuple] = {}
+
+    def _patches_for(self, fov: tuple[float, float, float]):
+        """Patches with boxes of ``fov`` laterally, tall enough for the config's largest depth
+        offset (extracted once per FOV, a few FOVs cached)."""
+        d_max = _bounds(self.config.depth_offset_um)[1]
+        key = (tuple(fov), d_max)
+        if key not in self._by_fov:
+            from octasim.extract import extract_patches
+
+            patches, report = extract_patches(self._graph, _extract_params(self.config, fov, d_max))
+            if not patches:
+                size = " x ".join(f"{v:g}" for v in fov)
+                raise NoPatchError(f"{self.path}: the graph yields no {size} um patch with a depth offset "
+                                   f"up to {d_max:g} um.\n{_report_text(report)}\nSuggested fixes: a "
+                                   "smaller depth offset or voxel size range, or relax the rule named "
+                                   "above with --extract KEY=VALUE.")
+            if len(self._by_fov) >= 8:
+                self._by_fov.clear()
+            self._by_fov[key] = (patches, report)
+        return self._by_fov[key][0]
+
+    def draw(self, rng: np.random.Generator, seed: int, fov: tuple[float, float, float] | None = None,
+             depth_offset_um: float = 0.0):
+        """(patch, source record) for one sample; ``fov`` / ``depth_offset_um`` (um) other than the
+        config's fixed FOV at offset 0 cut the window from patches extracted for that FOV."""
+        if fov is None or (tuple(fov) == self.config.fov_um and depth_offset_um == 0.0
+                           and _bounds(self.config.depth_offset_um)[1] == 0.0):
+            patches = self.patches
+        else:
+            patches = self._patches_for(tuple(fov))
+        k = int(rng.integers(len(patches)))
+        patch = patches[k]
+        if patches is not self.patches:
+            patch = window_patch(patch, fov, depth_offset_um)
+        return patch, {"graph": self.path, "patch_index": k, "n_patches": len(patches),
                        **_patch_record(patch)}
 
 
@@ -227,36 +373,52 @@ class ProceduralPatchSource:
     def __init__(self, config: SynthConfig):
         from octasim.generator import CortexParams
 
-        fov = config.fov_um
+        fov = config.fov_um  # the largest FOV of a voxel-size range
+        d_max = _bounds(config.depth_offset_um)[1]
         overrides = dict(config.cortex)
         size = overrides.pop("size_um", None)
-        if size is None:
+        if size is None:  # deep enough for the deepest window (largest FOV at the largest offset)
             size = (max(fov[0], PROCEDURAL_MIN_LATERAL_UM) + PROCEDURAL_MARGIN_UM,
                     max(fov[1], PROCEDURAL_MIN_LATERAL_UM) + PROCEDURAL_MARGIN_UM,
-                    fov[2] + PROCEDURAL_EXTRA_DEPTH_UM)
+                    fov[2] + PROCEDURAL_EXTRA_DEPTH_UM + d_max)
         known = {f.name for f in fields(CortexParams)}
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"unknown cortex generator parameter(s): {', '.join(unknown)} "
                              f"(known: {', '.join(sorted(known))})")
         self.cortex_params = CortexParams(size_um=tuple(float(s) for s in size), **overrides)
+        self.config = config
         self.extract_params = _extract_params(config)
         self.fov = fov
         # probe one block now, so that parameters that can never yield a patch fail before any work
-        self.draw(np.random.default_rng(config.seed), -1)
+        self.draw(np.random.default_rng(config.seed), -1, fov, d_max)
 
-    def draw(self, rng: np.random.Generator, seed: int):
+    def draw(self, rng: np.random.Generator, seed: int, fov: tuple[float, float, float] | None = None,
+             depth_offset_um: float = 0.0, pial_radius_min_um: float | None = None):
+        """(patch, source record) from a fresh block; ``fov`` / ``depth_offset_um`` (um): the window
+        (default: the config's FOV at the extractor's start); ``pial_radius_min_um``: raise the
+        block's smallest pial radius to this (um)."""
         from octasim.extract import extract_patches
         from octasim.generator import generate_cortex
 
+        fov = self.fov if fov is None else tuple(float(v) for v in fov)
+        default = fov == self.fov and depth_offset_um == 0.0
+        cortex_params = self.cortex_params
+        if pial_radius_min_um is not None:
+            lo, hi = cortex_params.pial_radius_um
+            lo = float(pial_radius_min_um)
+            cortex_params = replace(cortex_params, pial_radius_um=(lo, max(lo, hi)))
+        params = self.extract_params if default else _extract_params(self.config, fov, depth_offset_um)
         reports = []
         for attempt in range(PROCEDURAL_ATTEMPTS):
             block_seed = int(rng.integers(2**31))
-            block = generate_cortex(self.cortex_params, seed=block_seed)
-            patches, report = extract_patches(block, self.extract_params)
+            block = generate_cortex(cortex_params, seed=block_seed)
+            patches, report = extract_patches(block, params)
             if patches:
                 k = int(rng.integers(len(patches)))
                 patch = patches[k]
+                if not default:
+                    patch = window_patch(patch, fov, depth_offset_um)
                 return patch, {"graph": "procedural", "block_seed": block_seed, "attempt": attempt,
                                "block_size_um": list(self.cortex_params.size_um),
                                "patch_index": k, "n_patches": len(patches), **_patch_record(patch)}
@@ -264,7 +426,8 @@ class ProceduralPatchSource:
         size = " x ".join(f"{v:g}" for v in self.cortex_params.size_um)
         raise NoPatchError(
             f"procedural cortex: {PROCEDURAL_ATTEMPTS} generated blocks of {size} um all yielded no "
-            f"patch of {' x '.join(f'{v:g}' for v in self.fov)} um. Last extraction:\n"
+            f"patch of {' x '.join(f'{v:g}' for v in fov)} um at depth offset {depth_offset_um:g} um. "
+            "Last extraction:\n"
             f"{_report_text(reports[-1])}\nSuggested fixes: relax the rule named above with "
             "--extract KEY=VALUE, or give a bigger block with --cortex size_um=[X,Y,Z].")
 
@@ -286,7 +449,7 @@ def patch_source_for(config: SynthConfig):
     """The (per-process cached) patch source of a resolved or unresolved config."""
     key_data = {"graph": config.graph, "graph_voxel_size_um": config.graph_voxel_size_um,
                 "shape": list(config.shape), "voxel_size_um": config.voxel_size_um,
-                "cortex": config.cortex, "extract": config.extract}
+                "depth_offset_um": config.depth_offset_um, "cortex": config.cortex, "extract": config.extract}
     if config.graph is not None:
         p = Path(config.graph)
         key_data["mtime"] = p.stat().st_mtime_ns if p.exists() else None
@@ -329,6 +492,12 @@ def render_sample(config: SynthConfig, index: int, patch_source=None) -> Sample:
     ``patch_source``: an object with ``draw(rng, seed) -> (Patch, source_record)`` or a list of
     ``Patch``; default: the config's graph file (patches extracted once per process) or a fresh
     procedural cortex block. The profile's random parameters are sampled per sample and recorded.
+
+    Geometry (``config.voxel_size_um`` and ``config.depth_offset_um``, each fixed or a range) is
+    drawn from a stream of its own and recorded as ``voxel_size_um`` / ``depth_offset_um``; the
+    built-in sources extract for the drawn FOV and cut the window at the drawn offset; a given
+    list of patches, or another source, is only cut (its patches must reach deep enough). With a
+    fixed voxel size and offset 0 the result is exactly that of the reference rule.
     """
     from octasim.profiles import sample_parameters
     from octasim.simulate import simulate
@@ -336,7 +505,14 @@ def render_sample(config: SynthConfig, index: int, patch_source=None) -> Sample:
 
     config = _resolve_cached(config)
     seed = sample_seed(config, index)
-    patch_ss, param_ss, sim_ss = np.random.SeedSequence(seed).spawn(3)
+    # spawn(4)[:3] == spawn(3): the geometry stream leaves the reference streams unchanged
+    patch_ss, param_ss, sim_ss, geo_ss = np.random.SeedSequence(seed).spawn(4)
+    rng_geo = np.random.default_rng(geo_ss)
+    vs = _draw(config.voxel_size_um, rng_geo)
+    depth = _draw(config.depth_offset_um, rng_geo)
+    pial = None if config.pial_radius_min_um is None else _draw(config.pial_radius_min_um, rng_geo)
+    fov = config.fov_for(vs)
+    default_geometry = config.fixed_geometry
     if patch_source is None:
         patch_source = patch_source_for(config)
     rng_patch = np.random.default_rng(patch_ss)
@@ -345,18 +521,57 @@ def render_sample(config: SynthConfig, index: int, patch_source=None) -> Sample:
             raise NoPatchError("render_sample: the given list of patches is empty")
         k = int(rng_patch.integers(len(patch_source)))
         patch = patch_source[k]
+        if not default_geometry:
+            patch = window_patch(patch, fov, depth)
         source = {"graph": "given", "patch_index": k, **_patch_record(patch)}
+    elif default_geometry:
+        patch, source = patch_source.draw(rng_patch, seed)
+    elif isinstance(patch_source, ProceduralPatchSource):
+        patch, source = patch_source.draw(rng_patch, seed, fov, depth, pial)
+    elif isinstance(patch_source, GraphPatchSource):
+        patch, source = patch_source.draw(rng_patch, seed, fov, depth)
     else:
         patch, source = patch_source.draw(rng_patch, seed)
+        patch = window_patch(patch, fov, depth)
     params = _plain(sample_parameters(config.profile, np.random.default_rng(param_ss)))
-    maps = voxelize(patch.graph, config.shape, config.voxel_size_um, occupancy=config.occupancy)
+    cut = config.label_min_occupancy
+    maps = voxelize(patch.graph, config.shape, vs, occupancy=config.occupancy or cut is not None)
+    label = np.asarray(maps.label) > 0
+    if cut is not None:
+        label |= np.asarray(maps.occupancy) >= np.float32(cut)
+        if not config.occupancy:
+            maps = replace(maps, occupancy=None)
     image = simulate(maps, params, np.random.default_rng(sim_ss))
     image = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
-    label = (np.asarray(maps.label) > 0).astype(np.uint8)
+    if config.label_acquisition and params.get("acquisition"):
+        from octasim.simulate.acquisition import factors
+
+        label = label_on_scanner_grid(label, factors(params, vs))
+    label = label.astype(np.uint8)
     record = {"id": sample_id(index), "index": int(index), "seed": seed, "source": _plain(source),
               "profile": config.profile_name, "params": params,
+              "voxel_size_um": float(vs), "depth_offset_um": float(depth),
+              **({} if pial is None else {"pial_radius_min_um": float(pial)}),
               "vessel_fraction": float(label.mean())}
     return Sample(image=image, label=label, record=record)
+
+
+def label_on_scanner_grid(label: np.ndarray, f) -> np.ndarray:
+    """Binary label as drawn on an acquired stack: the grid is cut, per axis, into the scanner's
+    cells (``max(2, round(n / f))`` equal cells of about ``f`` voxels, as the acquisition stage samples
+    it), a cell is vessel when any of its voxels is, and every voxel takes its cell's value.
+    ``f``: cell size per axis in voxels (scanner step / voxel size); axes with f <= 1 are unchanged."""
+    out = np.asarray(label).astype(bool)
+    for axis, fa in enumerate(np.broadcast_to(np.asarray(f, float), (3,))):
+        n = out.shape[axis]
+        cells = max(2, int(np.rint(n / fa))) if fa > 1 else n
+        if cells >= n:
+            continue
+        starts = (np.arange(cells) * n) // cells
+        coarse = np.logical_or.reduceat(out, starts, axis=axis)
+        owner = np.searchsorted(starts, np.arange(n), side="right") - 1
+        out = np.take(coarse, owner, axis=axis)
+    return out
 
 
 # --------------------------------------------------------------------------- dataset folders
@@ -386,8 +601,9 @@ def _make_sample(config_dict: dict, out_dir: str, index: int, qc: bool) -> tuple
     sample = render_sample(config, index)
     sid = sample.record["id"]
     paths = _sample_paths(out, sid)
-    write_volume(paths["image"], sample.image, spacing_um=config.voxel_size_um)
-    write_volume(paths["label"], sample.label, spacing_um=config.voxel_size_um)
+    spacing = sample.record["voxel_size_um"]  # the drawn one, for a voxel-size range
+    write_volume(paths["image"], sample.image, spacing_um=spacing)
+    write_volume(paths["label"], sample.label, spacing_um=spacing)
     if qc:
         src = sample.record["source"]
         title = (f"{sid}  seed {sample.record['seed']}  profile {config.profile_name}  "
@@ -425,7 +641,7 @@ def _remove_stale_temps(out_dir: Path) -> None:
 
 def _manifest(config: SynthConfig, n: int, samples: list[dict], complete: bool) -> dict:
     return {"format": FORMAT, "version": FORMAT_VERSION, "octasim_version": __version__,
-            "config": config.to_dict(), "voxel_size_um": config.voxel_size_um,
+            "config": config.to_dict(), "voxel_size_um": config.nominal_voxel_size_um,
             "shape": list(config.shape), "n": int(n), "complete": bool(complete), "samples": samples}
 
 

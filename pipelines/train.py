@@ -8,12 +8,15 @@ DESCRIPTION = """\
 Train a MONAI 3D U-Net on datasets written by `octasim generate` (held in memory; whole samples are
 held out for validation) or on volumes synthesized on the fly (--on-the-fly). The run folder gets
 last.pt (resumable), best.pt (best validation Dice; give it to `octasim segment --model`),
-metrics.csv and curves.png.
+metrics.csv and curves.png. After training, the probability threshold that maximizes mean Dice on
+the held-out validation volumes (grid 0.05 ... 0.95) is stored in best.pt and printed; `octasim
+segment` uses it unless --threshold is given (config key calibrate_threshold: false turns this off).
 
 examples:
   octasim train --data runs/data_octa --out runs/unet_small            # CPU-sized default config
   octasim train --data runs/data_octa --out runs/unet_small --resume --steps 1200
   octasim train --on-the-fly --config mixed --out runs/unet_mixed      # random profiles per volume
+  octasim train --on-the-fly --config mixed --out runs/m8 --steps 900 --max-minutes 8   # time cap
   octasim train --data DIR --out runs/paper --config paper --device cuda
 """
 
@@ -39,6 +42,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None, metavar="S", help="random seed (overrides the config)")
     p.add_argument("--workers", type=int, default=None, metavar="K",
                    help="data loader worker processes (overrides the config; 0 = main process)")
+    p.add_argument("--max-minutes", type=float, default=None, metavar="MIN",
+                   help="stop after this many minutes of training (checkpoints written; --resume continues)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -50,9 +55,22 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, {"seed": args.seed, "num_workers": args.workers})
     if not args.data and not args.on_the_fly:
         raise ValueError("no training data: give --data DIR (a folder from `octasim generate`) or --on-the-fly")
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        raise ValueError(f"--max-minutes must be positive, got {args.max_minutes}")
     m = train(cfg, args.data, args.out, steps=args.steps, device=args.device, resume=args.resume,
-              on_the_fly=args.on_the_fly, progress=not args.no_progress)
+              on_the_fly=args.on_the_fly, progress=not args.no_progress,
+              max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes)
     print(f"trained {m['step']} steps in {m['seconds']:.0f} s ({m['steps_per_s']:.2f} steps/s); "
           f"validation Dice {m['val_dice']:.4f}, best {m['best_val_dice']:.4f} at step {m['best_step']}")
+    cal = m.get("threshold_calibration")
+    if cal and cal.get("applied", True):
+        print(f"threshold {cal['chosen']:.2f} (calibrated on {cal['n_volumes']} validation volume(s): "
+              f"Dice {cal['dice_at_chosen']:.4f}, at 0.5 {cal['dice_at_0.5']:.4f}); stored in best.pt")
+    elif cal:
+        print(f"threshold {m['threshold']:.2f} kept (apply_calibrated_threshold: false); the synthetic "
+              f"validation optimum was {cal['chosen']:.2f} (Dice {cal['dice_at_chosen']:.4f}, at 0.5 "
+              f"{cal['dice_at_0.5']:.4f}), recorded in best.pt")
+    else:
+        print(f"threshold {m['threshold']:.2f} (not calibrated)")
     print(f"model: {m['best']}  (resume from {m['last']}; curves in {Path(m['out_dir']) / 'curves.png'})")
     return 0

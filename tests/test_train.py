@@ -72,7 +72,14 @@ def test_shipped_configs_load():
     assert {p.name for p in mixed.on_the_fly.profiles} == {"paper", "octa", "two-photon"}
     from octasim.train.data import SynthRenderer
     spec, name = SynthRenderer(mixed)._profile("paper")  # overrides are valid profile parameters
-    assert name == "paper" and spec["acquisition"] == 0.5
+    assert name == "paper" and spec["acquisition"] is True and spec["acq_slice_spacing_um"] == [2.0, 5.0]
+    # the realism options are valid SynthConfig fields, and the network trains on the nominal grid
+    from octasim.dataset import SynthConfig
+    opts = mixed.on_the_fly.synth_options
+    synth = SynthConfig(shape=mixed.on_the_fly.shape, **opts)
+    assert synth.voxel_size_um == [1.0, 2.0] and synth.depth_offset_um == [0.0, 400.0] and synth.label_acquisition
+    assert mixed.on_the_fly.voxel_size_um == synth.nominal_voxel_size_um == 1.5
+    assert default.calibrate_threshold and mixed.calibrate_threshold
 
 
 def test_unknown_key_is_named(tmp_path):
@@ -180,7 +187,11 @@ def test_tiny_run_writes_checkpoints(dataset, tmp_path):
     raw = torch.load(out / "last.pt", weights_only=True)  # plain data and tensors only
     assert raw["step"] == 6 and "optimizer_state" in raw and "rng" in raw
     best = load_checkpoint(out / "best.pt")
-    assert best["voxel_size_um"] == 2.0 and best["patch_size"] == 16 and best["threshold"] == 0.5
+    assert best["voxel_size_um"] == 2.0 and best["patch_size"] == 16
+    cal = best["threshold_calibration"]  # calibrated after training, stored in best.pt
+    assert best["threshold"] == cal["chosen"] == m["threshold"] and cal["chosen"] in cal["grid"]
+    assert cal["dice_at_chosen"] == pytest.approx(max(cal["mean_dice"]), abs=1e-6)
+    assert cal["dice_at_chosen"] >= cal["dice_at_0.5"]
     assert best["preprocessing"] == {"clip_percentiles": [0.5, 99.5]}
     assert best["train_config"]["model"]["channels"] == [4, 8] and "optimizer_state" not in best
     model = model_from_checkpoint(best)
@@ -220,3 +231,64 @@ def test_loss_decreases_on_easy_problem(dataset, tmp_path):
     with open(tmp_path / "run" / "metrics.csv") as f:
         loss = [float(r["loss"]) for r in csv.DictReader(f)]
     assert np.mean(loss[-8:]) < np.mean(loss[:8]) - 0.1, loss
+
+
+# -- threshold calibration and time budget --------------------------------------------------------------
+
+class _ProbIsImage(torch.nn.Module):
+    """A 'network' whose vessel probability is the input intensity itself (logit of the image)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        x = x.clamp(1e-4, 1 - 1e-4)
+        return self.w * torch.log(x / (1 - x))
+
+
+def test_calibration_chooses_the_best_threshold():
+    from octasim.train.trainer import THRESHOLD_GRID, calibrate_threshold
+    label = np.zeros((16, 16, 16), np.uint8)
+    label[4:8, 4:12, 2:14] = 1
+    image = np.where(label > 0, 0.3, 0.1).astype(np.float32)  # probability 0.3 in vessels, 0.1 outside
+    cal = calibrate_threshold(_ProbIsImage(), [(image, label)], tiny(), torch.device("cpu"))
+    assert cal["grid"] == list(THRESHOLD_GRID) and cal["grid"][0] == 0.05 and cal["grid"][-1] == 0.95
+    # Dice 1 for every threshold in [0.1, 0.3); ties go to the one nearest 0.5
+    assert cal["chosen"] == 0.25 and cal["dice_at_chosen"] == pytest.approx(1.0)
+    assert cal["dice_at_0.5"] == 0.0  # nothing above 0.5: empty mask
+    dice = dict(zip(cal["grid"], cal["mean_dice"]))
+    assert dice[0.15] == pytest.approx(1.0) and dice[0.35] == 0.0 and dice[0.05] < 0.5
+
+
+def test_calibration_can_be_switched_off(dataset, tmp_path):
+    from octasim.train.trainer import train
+    m = train(tiny(calibrate_threshold=False, threshold=0.4, steps=2, val_every=2), [dataset], tmp_path / "r",
+              device="cpu", progress=False)
+    best = load_checkpoint(tmp_path / "r" / "best.pt")
+    assert best["threshold"] == 0.4 == m["threshold"] and "threshold_calibration" not in best
+
+
+def test_calibration_can_be_recorded_without_applying_it(dataset, tmp_path):
+    from octasim.train.trainer import train
+    m = train(tiny(apply_calibrated_threshold=False, threshold=0.4, steps=2, val_every=2), [dataset],
+              tmp_path / "r", device="cpu", progress=False)
+    best = load_checkpoint(tmp_path / "r" / "best.pt")
+    assert best["threshold"] == 0.4 == m["threshold"]
+    assert best["threshold_calibration"]["applied"] is False and "chosen" in best["threshold_calibration"]
+
+
+def test_time_budget_stops_and_resumes(dataset, tmp_path):
+    from octasim.train.trainer import train
+    cfg = tiny(steps=6, val_every=100, calibrate_threshold=False)
+    m = train(cfg, [dataset], tmp_path / "r", device="cpu", progress=False, max_seconds=0.0)
+    assert m["step"] == 1 and load_checkpoint(tmp_path / "r" / "last.pt")["step"] == 1
+    m = train(cfg, [dataset], tmp_path / "r", device="cpu", progress=False, resume=True)
+    assert m["step"] == 6
+
+
+def test_synth_options_are_checked():
+    with pytest.raises(ConfigError, match="synth_options.*depth_ofset_um"):
+        tiny(on_the_fly={"synth_options": {"depth_ofset_um": 100}})
+    cfg = tiny(on_the_fly={"synth_options": {"depth_offset_um": [0, 300], "voxel_size_um": [1.0, 2.0]}})
+    assert cfg.on_the_fly.synth_options["voxel_size_um"] == [1.0, 2.0]

@@ -114,7 +114,11 @@ class TrainConfig:
     log_every: int = 10              #: steps between metrics.csv rows
     seed: int = 0
     num_workers: int = 1             #: DataLoader worker processes (0: load in the main process)
-    threshold: float = 0.5           #: probability threshold recorded for inference
+    threshold: float = 0.5           #: probability threshold for validation (and inference unless calibrated)
+    calibrate_threshold: bool = True  #: after training, store in best.pt the threshold (grid 0.05..0.95)
+                                      #: maximizing mean Dice on the held-out validation volumes
+    apply_calibrated_threshold: bool = True  #: false: record and print the calibration, keep ``threshold``
+                                             #: (for recipes meant for real scans, whose labels differ)
     foreground_prior: float | None = None  #: initial output probability (last conv bias = logit); None: 0.5
 
     @property
@@ -148,11 +152,20 @@ class TrainConfig:
             bad("n_val", "must be >= 1")
         if self.foreground_prior is not None and not 0.0 < self.foreground_prior < 1.0:
             bad("foreground_prior", "must be in (0, 1) or null")
+        if not 0.0 < self.threshold < 1.0:
+            bad("threshold", "must be in (0, 1)")
         if self.num_workers < 0:
             bad("num_workers", "must be >= 0")
         if not self.on_the_fly.profiles or any(p.weight < 0 for p in self.on_the_fly.profiles) \
                 or sum(p.weight for p in self.on_the_fly.profiles) <= 0:
             bad("on_the_fly.profiles", "needs at least one profile and non-negative weights with a positive sum")
+        from dataclasses import fields as _fields
+
+        from octasim.dataset import SynthConfig
+        allowed = {f.name for f in _fields(SynthConfig)} - {"profile", "profile_name", "seed", "shape"}
+        unknown = sorted(set(self.on_the_fly.synth_options) - allowed)
+        if unknown:
+            bad("on_the_fly.synth_options", f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(allowed))})")
         if len(self.on_the_fly.shape) != 3 or min(self.on_the_fly.shape) < self.patch_size:
             bad("on_the_fly.shape", f"needs 3 sizes, each >= patch_size {self.patch_size}")
         return self

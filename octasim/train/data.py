@@ -192,8 +192,10 @@ class SynthRenderer:
         except ImportError as exc:  # pragma: no cover - the simulator is a separate module
             raise DataError(f"on-the-fly training needs octasim.dataset.render_sample ({exc})") from exc
         spec, name = self._profile(profile)
-        sample = render_sample(SynthConfig(profile=spec, profile_name=name, shape=self.shape,
-                                           voxel_size_um=self.voxel_size_um, seed=seed, **self.options), index)
+        # synth_options may override the voxel size with a range (scale randomization): the network
+        # still trains on the nominal grid on_the_fly.voxel_size_um, recorded in the checkpoint
+        kwargs = {"shape": self.shape, "voxel_size_um": self.voxel_size_um, **self.options}
+        sample = render_sample(SynthConfig(profile=spec, profile_name=name, seed=seed, **kwargs), index)
         return np.asarray(sample.image, np.float32), np.asarray(sample.label)
 
 

@@ -84,6 +84,42 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray, patch_size: int, d
     return torch.sigmoid(logits.float())[0, 0].cpu()
 
 
+#: thresholds tried by the calibration (0.05, 0.10, ..., 0.95)
+THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+def calibrate_threshold(model: torch.nn.Module, volumes: Sequence[tuple[np.ndarray, np.ndarray]],
+                        cfg: TrainConfig, device: torch.device,
+                        grid: Sequence[float] = THRESHOLD_GRID) -> dict[str, Any]:
+    """The probability threshold maximizing mean Dice over held-out volumes.
+
+    Each volume is predicted once (sliding window, ``cfg.val_overlap``); Dice is computed for every
+    threshold of ``grid``. Ties go to the threshold nearest 0.5. Returns plain data:
+    ``{"grid": [...], "mean_dice": [...], "chosen": t, "dice_at_chosen": d, "dice_at_0.5": d05,
+    "n_volumes": n}``.
+    """
+    grid = [float(t) for t in grid]
+    model.eval()
+    sums = np.zeros(len(grid))
+    try:
+        for image, label in volumes:
+            prob = predict_volume(model, image, cfg.patch_size, device, cfg.val_overlap, cfg.batch_size)
+            lab = torch.as_tensor(label).bool()
+            n_lab = int(lab.sum())
+            for n, t in enumerate(grid):
+                pred = prob > t
+                denom = int(pred.sum()) + n_lab
+                sums[n] += 1.0 if denom == 0 else 2.0 * int((pred & lab).sum()) / denom
+    finally:
+        model.train()
+    mean = sums / max(1, len(volumes))
+    best = max(range(len(grid)), key=lambda n: (round(float(mean[n]), 12), -abs(grid[n] - 0.5)))
+    at_half = validate(model, volumes, dataclasses.replace(cfg, threshold=0.5), device) \
+        if 0.5 not in grid else float(mean[grid.index(0.5)])
+    return {"grid": grid, "mean_dice": [round(float(m), 6) for m in mean], "chosen": grid[best],
+            "dice_at_chosen": float(mean[best]), "dice_at_0.5": float(at_half), "n_volumes": len(volumes)}
+
+
 def validate(model: torch.nn.Module, volumes: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConfig,
              device: torch.device) -> float:
     """Mean Dice over held-out volumes at ``cfg.threshold`` (model left in train mode afterwards)."""
@@ -177,21 +213,29 @@ def plot_curves(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _comparable(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if k not in ("steps", "num_workers", "val_every", "log_every")}
+    return {k: v for k, v in d.items()
+            if k not in ("steps", "num_workers", "val_every", "log_every", "calibrate_threshold",
+                         "apply_calibrated_threshold")}
 
 
 # -- the run ----------------------------------------------------------------------------------------
 
 def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | Path, steps: int | None = None,
           device: str = "auto", resume: bool = False, on_the_fly: bool = False, progress: bool = True,
-          stop_at: int | None = None, renderer: Renderer | None = None) -> dict[str, Any]:
+          stop_at: int | None = None, renderer: Renderer | None = None,
+          max_seconds: float | None = None) -> dict[str, Any]:
     """Train a 3D U-Net; write ``last.pt``, ``best.pt``, ``metrics.csv`` and ``curves.png`` in ``out_dir``.
 
     ``steps`` (optimizer steps) overrides ``config.steps`` and fixes the learning-rate schedule; ``stop_at``
     ends this call early at that step (a later ``resume=True`` call continues exactly, as if never
     stopped). ``on_the_fly`` renders fresh volumes with ``config.on_the_fly`` profiles instead of reading
     ``data_dirs`` (which, if given, then serve as validation data). ``renderer`` replaces the simulator
-    (tests). Returns the final metrics (step, loss, val_dice, best_val_dice, seconds, steps_per_s ...).
+    (tests). ``max_seconds`` ends this call early once that much wall-clock time has passed (the
+    step then counts as the last: validation and checkpoints are written and a later ``resume=True``
+    call continues). At the end, unless ``config.calibrate_threshold`` is false, the probability
+    threshold maximizing mean validation Dice (grid 0.05..0.95) is stored in ``best.pt`` as
+    ``threshold`` with the details in ``threshold_calibration``.
+    Returns the final metrics (step, loss, val_dice, best_val_dice, seconds, steps_per_s, threshold ...).
     """
     from tqdm import tqdm
 
@@ -331,6 +375,8 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
             done = step + 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+            if max_seconds is not None and done < end and elapsed() >= max_seconds:
+                end = done  # time is up: this step is the last of the call
             is_val = done % cfg.val_every == 0 or done == end
             if done % cfg.log_every == 0 or is_val:
                 last_loss = float(np.mean(losses)) if losses else None
@@ -348,14 +394,33 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
                         bar.write(f"step {done}/{total}: loss {last_loss:.4f}  val Dice {val_dice:.4f}  "
                                   f"(best {best_dice:.4f} at {best_step})")
                 write_metrics(metrics_path, rows)
+            if done >= end:
+                break
     finally:
         bar.close()
         del batches
     run_s = elapsed()
     n_steps = end - start
+    calibration = None
+    if cfg.calibrate_threshold and best_path.exists():
+        best_state = load_checkpoint(best_path, map_location="cpu")
+        model.load_state_dict(best_state["model_state"])
+        calibration = calibrate_threshold(model, val_volumes, cfg, dev)
+        calibration["applied"] = bool(cfg.apply_calibrated_threshold)
+        best_state["threshold"] = float(calibration["chosen"] if cfg.apply_calibrated_threshold else cfg.threshold)
+        best_state["threshold_calibration"] = calibration
+        save_checkpoint(best_path, best_state)
+        if progress:
+            kept = "" if cfg.apply_calibrated_threshold else f"; kept {cfg.threshold} (apply_calibrated_threshold: false)"
+            print(f"threshold calibrated on {calibration['n_volumes']} validation volume(s): "
+                  f"{calibration['chosen']:.2f} (Dice {calibration['dice_at_chosen']:.4f}; "
+                  f"at 0.5: {calibration['dice_at_0.5']:.4f}){kept}", file=sys.stderr)
     return {"step": end, "total_steps": total, "loss": last_loss, "val_dice": val_dice,
             "best_val_dice": best_dice, "best_step": best_step, "seconds": seconds0 + run_s,
             "steps_per_s": n_steps / run_s if run_s > 0 else math.nan,
             "patches_per_s": n_steps * bs / run_s if run_s > 0 else math.nan,
+            "threshold": (calibration["chosen"] if calibration and cfg.apply_calibrated_threshold
+                          else float(cfg.threshold)),
+            "threshold_calibration": calibration,
             "n_train_volumes": n_train_samples, "n_val_volumes": len(val_volumes), "voxel_size_um": voxel_size,
             "out_dir": str(out), "last": str(last_path), "best": str(best_path)}
