@@ -48,7 +48,16 @@ def register(subparsers) -> None:
     p.add_argument("--cortex", dest="cortex_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a procedural-cortex generator parameter, e.g. --cortex size_um=[600,600,700]")
     p.add_argument("--no-occupancy", action="store_true",
-                   help="render from the binary label instead of the partial-volume occupancy")
+                   help="render from the binary label instead of the partial-volume occupancy (two-photon)")
+    p.add_argument("--depth-offset-um", type=float, nargs="+", default=[0.0], metavar="UM",
+                   help="depth (um) of the volume below the extractor's start just above the surface vessels: "
+                        "one value, or LO HI for a range drawn per sample (e.g. 0 400 gives surface and deep cortex)")
+    p.add_argument("--pial-radius-min-um", type=float, nargs="+", default=None, metavar="UM",
+                   help="smallest radius (um) of the procedural pial vessels: one value or LO HI per sample "
+                        "(real surface vessels reach 25-50 um); default: the generator's Murray-law radii")
+    p.add_argument("--label-acquisition", action="store_true",
+                   help="with simulated scanner sampling, draw the label on the scanner grid, as a person labels "
+                        "an acquired stack (a cell is vessel if any voxel in it is)")
     p.set_defaults(func=run)
 
 
@@ -67,6 +76,13 @@ def parse_assignments(items: list[str], option: str) -> dict:
         except yaml.YAMLError as exc:
             raise ValueError(f"{option} {item!r}: the value is not valid YAML ({exc})") from exc
     return out
+
+
+def _value_or_range(values: list[float], option: str):
+    """One number -> the number; two -> [lo, hi] range drawn per sample."""
+    if len(values) not in (1, 2):
+        raise ValueError(f"{option} takes one value or LO HI, got {len(values)} values")
+    return values[0] if len(values) == 1 else [min(values), max(values)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,7 +107,11 @@ def run(args: argparse.Namespace) -> int:
                          graph_voxel_size_um=args.graph_voxel_size, seed=args.seed,
                          extract=parse_assignments(args.extract_overrides, "--extract"),
                          cortex=parse_assignments(args.cortex_overrides, "--cortex"),
-                         occupancy=not args.no_occupancy)
+                         occupancy=not args.no_occupancy,
+                         depth_offset_um=_value_or_range(args.depth_offset_um, "--depth-offset-um"),
+                         pial_radius_min_um=(None if args.pial_radius_min_um is None else
+                                             _value_or_range(args.pial_radius_min_um, "--pial-radius-min-um")),
+                         label_acquisition=args.label_acquisition)
     shape = " x ".join(str(s) for s in config.shape)
     source = args.graph if args.graph else "procedural cortex"
     print(f"octasim generate: {args.n} samples of {shape} voxels at {config.voxel_size_um:g} um, "

@@ -102,3 +102,18 @@ def test_help_lists_units(capsys):
     text = capsys.readouterr().out
     for option in ("--graph-voxel-size", "--voxel-size", "--set", "--workers", "--no-qc", "um"):
         assert option in text
+
+
+def test_depth_offset_range_is_drawn_per_sample_and_recorded(tmp_path):
+    import json
+
+    from pipelines.cli import main
+
+    out = tmp_path / "deep"
+    assert main(["generate", "--out", str(out), "--n", "2", "--shape", "32", "--no-qc",
+                 "--depth-offset-um", "300", "400", "--label-acquisition"]) == 0
+    manifest = json.loads((out / "dataset.json").read_text())
+    offsets = [s["depth_offset_um"] for s in manifest["samples"]]
+    assert all(300 <= d <= 400 for d in offsets) and offsets[0] != offsets[1]
+    assert manifest["config"]["label_acquisition"] is True
+    assert main(["generate", "--out", str(tmp_path / "bad"), "--n", "1", "--depth-offset-um", "1", "2", "3"]) == 2
