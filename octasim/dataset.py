@@ -593,7 +593,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _make_sample(config_dict: dict, out_dir: str, index: int, qc: bool) -> tuple[int, dict, np.ndarray]:
     """Worker: render sample ``index``, write its files (record last); return (index, record, MIP)."""
-    from octasim.nifti import write_volume
+    from octasim.nifti import affine_for_spacing, write_volume
     from octasim.qc import save_sample_qc
 
     config = SynthConfig.from_dict(config_dict)
@@ -602,8 +602,11 @@ def _make_sample(config_dict: dict, out_dir: str, index: int, qc: bool) -> tuple
     sid = sample.record["id"]
     paths = _sample_paths(out, sid)
     spacing = sample.record["voxel_size_um"]  # the drawn one, for a voxel-size range
-    write_volume(paths["image"], sample.image, spacing_um=spacing)
-    write_volume(paths["label"], sample.label, spacing_um=spacing)
+    # world (mm) = patch coordinates: voxel (i, j, k) has its centre at (i + 0.5) * voxel size
+    affine = affine_for_spacing(spacing)
+    affine[:3, 3] = np.asarray(spacing, float) / 2000.0
+    write_volume(paths["image"], sample.image, affine=affine)
+    write_volume(paths["label"], sample.label, affine=affine)
     if qc:
         src = sample.record["source"]
         title = (f"{sid}  seed {sample.record['seed']}  profile {config.profile_name}  "

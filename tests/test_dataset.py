@@ -98,6 +98,7 @@ def test_dataset_files(dataset):
         lab = nib.load(out / s["label"])
         for vol in (img, lab):
             assert np.allclose(np.diag(vol.affine)[:3], 0.004)  # 4 um in mm
+            assert np.allclose(vol.affine[:3, 3], 0.002)  # voxel 0's centre lies half a voxel from the patch corner
             assert vol.header.get_xyzt_units()[0] == "mm"
         im = np.asarray(img.dataobj)
         la = np.asarray(lab.dataobj)
