@@ -61,6 +61,9 @@ def read_manifest(directory: str | Path) -> tuple[dict[str, Any], list[SampleRef
         raise DataError(f"{path}: not an octasim dataset manifest (format {meta.get('format')!r})"
                         if isinstance(meta, dict) else f"{path}: not an octasim dataset manifest")
     samples = meta.get("samples")
+    if meta.get("complete") is False:
+        raise DataError(f"{path}: the dataset is unfinished; run the same `octasim generate` command again "
+                        "to complete it")
     if not isinstance(samples, list) or not samples:
         raise DataError(f"{path}: the dataset has no samples")
     refs = []
