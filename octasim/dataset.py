@@ -536,6 +536,7 @@ def render_sample(config: SynthConfig, index: int, patch_source=None) -> Sample:
     params = _plain(sample_parameters(config.profile, np.random.default_rng(param_ss)))
     cut = config.label_min_occupancy
     maps = voxelize(patch.graph, config.shape, vs, occupancy=config.occupancy or cut is not None)
+    maps.depth_origin_um = float(depth)  # the window lies this far below the patch's surface start
     label = np.asarray(maps.label) > 0
     if cut is not None:
         label |= np.asarray(maps.occupancy) >= np.float32(cut)

@@ -46,6 +46,9 @@ class VoxelMaps:
     lower_wall:  bool, vessel voxels whose next voxel in depth (k + 1) is not vessel: tails start here.
     occupancy:   float32 fraction of the voxel inside a vessel (partial volume), or None.
     voxel_size_um: edge length of the (isotropic) voxels, um.
+    depth_origin_um: depth of the volume's top face below the brain surface, um (0 for patches that
+                 start at the surface, as the reference extractor's do); depth-dependent simulation
+                 stages (attenuation, surface layer) use it.
     """
 
     label: np.ndarray
@@ -54,6 +57,7 @@ class VoxelMaps:
     lower_wall: np.ndarray
     occupancy: np.ndarray | None
     voxel_size_um: float
+    depth_origin_um: float = 0.0
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -276,3 +276,23 @@ def test_leakage_haze_decays_with_distance_from_vessels():
         dist = (np.arange(32, 60) + 0.5) * vs - 63.0  # distance to the deepest vessel voxel centre, um
         np.testing.assert_allclose(profile, np.exp(-dist / length), atol=0.12)
         assert haze[maps.label > 0].min() > 0.85
+
+
+def test_deep_windows_are_attenuated_more_and_see_no_surface_layer():
+    from octasim.voxelize import VoxelMaps
+
+    shape = (16, 16, 16)
+    zeros = np.zeros(shape, np.float32)
+    params = sample_parameters(load_profile("paper", {"background": True, "background_contrast": 0.0,
+                                                      "attenuation": True, "attenuation_length_um": 100.0,
+                                                      "surface_layer": True, "surface_thickness_um": 10.0,
+                                                      "surface_roughness_um": 0.0, "granular_noise": False,
+                                                      "smoothing": False}), np.random.default_rng(0))
+    images = []
+    for origin in (0.0, 200.0):
+        maps = VoxelMaps(np.zeros(shape, np.uint8), zeros, zeros, np.zeros(shape, bool), None, 2.0, origin)
+        images.append(simulate(maps, params, np.random.default_rng(1)))
+    top, deep = images
+    assert top[:, :, 0].mean() > 2 * top[:, :, 8].mean()  # surface layer at the top of a surface window
+    assert deep[:, :, :4].mean() < top[:, :, 8:12].mean()  # 200 um deeper: dimmer, and no layer
+    assert np.allclose(deep[:, :, 1] / deep[:, :, 0], np.exp(-2.0 / 100.0), rtol=1e-3)

@@ -76,9 +76,9 @@ def simulate(maps: VoxelMaps, params: dict, rng: np.random.Generator) -> np.ndar
     if p["background"]:
         img = tissue.background(img, vs, p, streams["background"])
     if p["surface_layer"]:
-        img = tissue.surface_layer(img, vs, p, streams["surface_layer"])
+        img = tissue.surface_layer(img, vs, p, streams["surface_layer"], maps.depth_origin_um)
     if p["attenuation"]:
-        img = tissue.attenuation(img, vs, p)
+        img = tissue.attenuation(img, vs, p, maps.depth_origin_um)
     if p["speckle"]:
         img = tissue.speckle(img, p, streams["speckle"])
     if p["motion"]:

@@ -24,14 +24,15 @@ def background(img: np.ndarray, vs: float, p: dict, rng: np.random.Generator) ->
     return img
 
 
-def surface_layer(img: np.ndarray, vs: float, p: dict, rng: np.random.Generator) -> np.ndarray:
+def surface_layer(img: np.ndarray, vs: float, p: dict, rng: np.random.Generator,
+                  depth_origin_um: float = 0.0) -> np.ndarray:
     """Add a bright textured layer at the top of the volume (pia / skull interface): thickness
     ``surface_thickness_um`` varying laterally by ``surface_roughness_um`` (std), soft lower edge of
     one voxel, intensity ``surface_intensity * max(0, 1 + surface_contrast * texture)``."""
     nx, ny, nz = img.shape
     thick = p["surface_thickness_um"] + p["surface_roughness_um"] * smooth_noise((nx, ny), 20.0 / vs, rng)
-    thick = np.maximum(thick, 0.0)[:, :, None]
-    k_max = int(min(nz, np.ceil((float(thick.max()) + 6 * vs) / vs)))
+    thick = np.maximum(thick - depth_origin_um, 0.0)[:, :, None]  # a window below the surface sees less of it
+    k_max = int(min(nz, np.ceil((float(thick.max()) + 6 * vs) / vs))) if thick.max() > 0 else 0
     if k_max <= 0:
         return img
     z = depth_um(k_max, vs)
@@ -42,10 +43,11 @@ def surface_layer(img: np.ndarray, vs: float, p: dict, rng: np.random.Generator)
     return img
 
 
-def attenuation(img: np.ndarray, vs: float, p: dict) -> np.ndarray:
-    """Multiply by ``exp(-depth_um / attenuation_length_um)`` (depth of the voxel centre, k = 0 at
-    the top of the volume)."""
-    img *= np.exp(-depth_um(img.shape[2], vs) / np.float32(p["attenuation_length_um"]))
+def attenuation(img: np.ndarray, vs: float, p: dict, depth_origin_um: float = 0.0) -> np.ndarray:
+    """Multiply by ``exp(-depth / attenuation_length_um)``, depth of the voxel centre below the brain
+    surface: ``depth_origin_um`` (the volume's top face) plus the depth within the volume."""
+    depth = depth_um(img.shape[2], vs) + np.float32(depth_origin_um)
+    img *= np.exp(-depth / np.float32(p["attenuation_length_um"]))
     return img
 
 
