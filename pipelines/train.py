@@ -34,8 +34,8 @@ def register(subparsers) -> None:
                         "(on the fly, random profiles) or a YAML file")
     p.add_argument("--steps", type=int, default=None, metavar="N",
                    help="optimizer steps of the whole run (overrides the config; sets the lr schedule)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where to train; auto = CUDA when available (AMP on CUDA, fp32 on CPU)")
+    p.add_argument("--device", default="auto",
+                   help="where to train: auto (CUDA when available), cpu, cuda or cuda:N (AMP on CUDA, fp32 on CPU)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly from its last.pt")
     p.add_argument("--on-the-fly", action="store_true",
                    help="render fresh training volumes in loader workers instead of reading --data")

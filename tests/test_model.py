@@ -28,6 +28,15 @@ def test_weights_that_do_not_fit_the_config_are_a_checkpoint_error(tmp_path):
         model_from_checkpoint(state)
 
 
+def test_device_names_are_checked():
+    from octasim.model import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+
+
 def test_checkpoint_with_code_or_wrong_version_is_refused(tmp_path):
     # a pickled object that is not plain data (here a Python set of a class instance) must not load
     torch.save({"model_state": {}, "model_config": {}, "obj": _Evil()}, tmp_path / "evil.pt")
