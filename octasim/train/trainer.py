@@ -283,6 +283,10 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
 
     # model and optimisation
     model = build_unet(dataclasses.asdict(cfg.model)).to(dev)
+    # oneDNN's 3D convolutions (forward and backward) are about 1.4x faster in NDHWC on CPU
+    channels_last = dev.type == "cpu"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
     if cfg.foreground_prior is not None:
         init_output_bias(model, cfg.foreground_prior)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas),
@@ -359,6 +363,8 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
         for step in range(start, end):
             batch = next(batches)
             x = batch["image"].to(dev, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
             y = batch["label"].to(dev, non_blocking=True)
             with torch.autocast(device_type=dev.type, enabled=amp):
                 logits = model(x)
