@@ -207,9 +207,10 @@ def test_tiny_run_writes_checkpoints(dataset, tmp_path):
         train(tiny(), [dataset], tmp_path / "new", device="cpu", progress=False, resume=True)
 
 
-def test_resume_is_exact(dataset, tmp_path):
+@pytest.mark.parametrize("ema_decay", [None, 0.7])
+def test_resume_is_exact(dataset, tmp_path, ema_decay):
     from octasim.train.trainer import train
-    cfg = tiny(model={"channels": [4, 8], "strides": [2], "num_res_units": 0, "dropout": 0.2})
+    cfg = tiny(model={"channels": [4, 8], "strides": [2], "num_res_units": 0, "dropout": 0.2}, ema_decay=ema_decay)
     train(cfg, [dataset], tmp_path / "full", steps=8, device="cpu", progress=False)
     train(cfg, [dataset], tmp_path / "split", steps=8, stop_at=4, device="cpu", progress=False)
     assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == 4
@@ -221,6 +222,25 @@ def test_resume_is_exact(dataset, tmp_path):
         assert torch.equal(v, b["model_state"][k]), k
     with open(tmp_path / "split" / "metrics.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 9))
+
+
+def test_weight_average_is_what_checkpoints_hold(dataset, tmp_path):
+    from octasim.train.trainer import train
+    train(tiny(ema_decay=0.5), [dataset], tmp_path / "ema", device="cpu", progress=False)
+    last = load_checkpoint(tmp_path / "ema" / "last.pt")
+    ema, raw, avg = last["ema_state"], last["raw_model_state"], last["model_state"]
+    assert int(ema["n_averaged"]) == 6  # one update per optimizer step
+    for k, v in avg.items():
+        assert torch.equal(v, ema["module." + k]), k
+    assert any(not torch.equal(avg[k], raw[k]) for k in raw)  # the average lags the raw weights
+    # the plain run from the same seed trains the same raw weights; its checkpoint holds those
+    train(tiny(), [dataset], tmp_path / "plain", device="cpu", progress=False)
+    plain = load_checkpoint(tmp_path / "plain" / "last.pt")
+    assert "ema_state" not in plain
+    for k, v in plain["model_state"].items():
+        assert torch.allclose(v, raw[k]), k
+    with pytest.raises(ConfigError, match="ema_decay"):
+        tiny(ema_decay=1.0)
 
 
 def test_loss_decreases_on_easy_problem(dataset, tmp_path):

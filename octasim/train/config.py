@@ -120,6 +120,9 @@ class TrainConfig:
     apply_calibrated_threshold: bool = True  #: false: record and print the calibration, keep ``threshold``
                                              #: (for recipes meant for real scans, whose labels differ)
     foreground_prior: float | None = None  #: initial output probability (last conv bias = logit); None: 0.5
+    ema_decay: float | None = None   #: exponential moving average of the weights (e.g. 0.99, a horizon of
+                                     #: ~1 / (1 - decay) steps): validation, best.pt and inference use the
+                                     #: average, which smooths the noise of small-batch steps; None: off
 
     @property
     def crop(self) -> int:
@@ -152,6 +155,8 @@ class TrainConfig:
             bad("n_val", "must be >= 1")
         if self.foreground_prior is not None and not 0.0 < self.foreground_prior < 1.0:
             bad("foreground_prior", "must be in (0, 1) or null")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            bad("ema_decay", "must be in (0, 1) or null")
         if not 0.0 < self.threshold < 1.0:
             bad("threshold", "must be in (0, 1)")
         if self.num_workers < 0:

@@ -212,6 +212,10 @@ def plot_curves(path: Path, rows: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in state.items()}
+
+
 def _comparable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items()
             if k not in ("steps", "num_workers", "val_every", "log_every", "calibrate_threshold",
@@ -295,6 +299,11 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
         optimizer, lambda s: lr_factor(s, total, cfg.decay_fraction))
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     loss_fn = make_loss(cfg)
+    ema = None  # torch's AveragedModel: parameters and (batch-norm) buffers averaged after every step
+    if cfg.ema_decay is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(cfg.ema_decay)), use_buffers=True)
+    eval_model = ema.module if ema is not None else model  # what validation and checkpoints hold
 
     start, best_dice, best_step, seconds0, rows, state = 0, -1.0, None, 0.0, [], None
     if resume:
@@ -312,7 +321,9 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
         if start >= end:
             raise TrainError(f"{last_path}: the run is already at step {start} (asked for {end}); "
                              "raise --steps to train longer")
-        model.load_state_dict(state["model_state"])
+        model.load_state_dict(state.get("raw_model_state", state["model_state"]))
+        if ema is not None:
+            ema.load_state_dict(state["ema_state"])
         optimizer.load_state_dict(state["optimizer_state"])
         scheduler.load_state_dict(state["scheduler_state"])
         scaler.load_state_dict(state["scaler_state"])
@@ -337,7 +348,7 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
         set_rng_state(state["rng"])
 
     def checkpoint(step: int, val_dice: float | None, loss: float | None, full: bool) -> dict[str, Any]:
-        ckpt = {"model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        ckpt = {"model_state": _cpu(eval_model.state_dict()),
                 "model_config": dataclasses.asdict(cfg.model), "voxel_size_um": float(voxel_size),
                 "patch_size": int(cfg.patch_size), "preprocessing": dict(PREPROCESSING),
                 "threshold": float(cfg.threshold), "train_config": cfg.to_dict(), "step": int(step),
@@ -347,6 +358,8 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
         if full:
             ckpt.update(optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
                         scaler_state=scaler.state_dict(), rng=rng_state())
+            if ema is not None:  # model_state holds the average; resuming needs the raw weights too
+                ckpt.update(raw_model_state=_cpu(model.state_dict()), ema_state=_cpu(ema.state_dict()))
         return ckpt
 
     t0 = time.perf_counter()
@@ -375,6 +388,8 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if ema is not None:
+                ema.update_parameters(model)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             losses.append(float(loss.detach()))
@@ -387,7 +402,7 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
             if done % cfg.log_every == 0 or is_val:
                 last_loss = float(np.mean(losses)) if losses else None
                 losses.clear()
-                val_dice = validate(model, val_volumes, cfg, dev) if is_val else None
+                val_dice = validate(eval_model, val_volumes, cfg, dev) if is_val else None
                 rows.append({"step": done, "loss": last_loss, "lr": lr, "val_dice": val_dice,
                              "seconds": round(seconds0 + elapsed(), 3)})
                 if is_val:
