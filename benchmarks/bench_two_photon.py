@@ -116,14 +116,11 @@ def recipe(name: str, label_occupancy: float | None, voxel_size: float | None, q
 
 def measure_rates(cfg_dict: dict, n_steps: int = 3, n_volumes: int = 2) -> dict:
     """Network steps/s on one batch (fp32 CPU) and loader patches/s (volume rendering + crops + augmentation)."""
-    import dataclasses
-
     import torch
+    from bench_train import step_rate  # this folder is on sys.path when run as a script
 
-    from octasim.model import build_unet
     from octasim.train.config import config_from_dict
     from octasim.train.data import OnTheFlyDataset
-    from octasim.train.trainer import make_loss
 
     cfg = config_from_dict(copy.deepcopy(cfg_dict), "bench")
     ds = OnTheFlyDataset(cfg, seed=12345)
@@ -136,22 +133,8 @@ def measure_rates(cfg_dict: dict, n_steps: int = 3, n_volumes: int = 2) -> dict:
         t = torch.stack([torch.as_tensor(items[i][key]) for i in range(cfg.batch_size)]).float()
         return t.as_tensor() if hasattr(t, "as_tensor") else t  # MONAI MetaTensor -> plain tensor
 
-    x, y = batch("image"), batch("label")
-    model = build_unet(dataclasses.asdict(cfg.model)).train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)
-    loss_fn = make_loss(cfg)
-
-    def step():
-        loss = loss_fn(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    step()
-    t = time.perf_counter()
-    for _ in range(n_steps):
-        step()
-    steps_per_s = n_steps / (time.perf_counter() - t)
+    # the same timing as bench_train.py (channels-last on CPU, as the trainer)
+    steps_per_s = step_rate(cfg, {"image": batch("image"), "label": batch("label")}, n_steps)
     return {"steps_per_s": steps_per_s, "net_patches_per_s": steps_per_s * cfg.batch_size,
             "loader_patches_per_s": loader_pps}
 
