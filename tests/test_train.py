@@ -82,6 +82,15 @@ def test_shipped_configs_load():
     assert default.calibrate_threshold and mixed.calibrate_threshold
 
 
+def test_partial_yaml_falls_back_to_the_shipped_default(tmp_path):
+    assert TrainConfig() == load_config("default")  # dataclass defaults == data/configs/default.yaml
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("steps: 50\npatch_size: 96\n")
+    cfg = load_config(partial)
+    assert cfg.steps == 50 and cfg.patch_size == 96 and cfg.crop == 137  # crop follows the patch
+    assert cfg.loss.name == load_config("default").loss.name and cfg.model == load_config("default").model
+
+
 def test_unknown_key_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  chanels: [4, 8]\n")
@@ -106,13 +115,13 @@ def test_lr_schedule_constant_then_linear():
 def test_split_disjoint_and_deterministic(tmp_path):
     root = make_dataset(tmp_path / "d", n=10, shape=8)
     samples = load_dataset_samples([root]).samples
-    cfg = config_from_dict({"val_fraction": 0.3})
+    cfg = config_from_dict({"val_fraction": 0.3, "n_val": None})
     train, val = split_samples(samples, cfg)
     assert len(val) == 3 and len(train) == 7
     assert not {s.id for s in train} & {s.id for s in val}
     assert {s.id for s in train} | {s.id for s in val} == {s.id for s in samples}
     assert split_samples(samples, cfg) == (train, val)
-    other = split_samples(samples, config_from_dict({"val_fraction": 0.3, "seed": 1}))[1]
+    other = split_samples(samples, config_from_dict({"val_fraction": 0.3, "n_val": None, "seed": 1}))[1]
     assert [s.id for s in other] != [s.id for s in val]
     with pytest.raises(DataError, match="at least 2"):
         split_samples(samples[:1], cfg)

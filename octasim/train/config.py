@@ -30,7 +30,7 @@ class ModelConfig:
     strides: list[int] = field(default_factory=lambda: [2, 2, 2])
     num_res_units: int = 1
     act: str = "PRELU"
-    norm: str = "BATCH"
+    norm: str = "INSTANCE"
     dropout: float = 0.0
 
 
@@ -39,8 +39,8 @@ class LossConfig:
     """``name``: dice | cldice | dice_cldice | dice_bce (MONAI DiceLoss / SoftclDiceLoss /
     SoftDiceclDiceLoss / DiceCELoss, all on logits with a sigmoid)."""
 
-    name: str = "dice"
-    batch_dice: bool = False   #: Dice over the whole batch instead of per patch (dice, dice_bce)
+    name: str = "dice_bce"
+    batch_dice: bool = True    #: Dice over the whole batch instead of per patch (dice, dice_bce)
     cldice_iters: int = 3      #: soft-skeleton iterations
     cldice_alpha: float = 0.5  #: weight of clDice in dice_cldice
 
@@ -95,21 +95,25 @@ class OnTheFlyConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs besides the data; saved into every checkpoint."""
+    """Everything a training run needs besides the data; saved into every checkpoint.
+
+    The defaults are those of ``data/configs/default.yaml`` (a test keeps the two equal), so a partial
+    user YAML falls back to the shipped default recipe.
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     on_the_fly: OnTheFlyConfig = field(default_factory=OnTheFlyConfig)
-    steps: int = 600                 #: optimizer steps in the whole run
+    steps: int = 2000                #: optimizer steps in the whole run
     batch_size: int = 2
     patch_size: int = 64             #: voxels per side of a training patch (and the inference window)
     crop_size: int | None = None     #: first random crop before rotation/zoom; None -> ceil(patch * 91 / 64)
-    decay_fraction: float = 0.15     #: lr constant, then linear to 0 over this last fraction of the steps
-    val_every: int = 100             #: steps between validations (and last.pt checkpoints)
+    decay_fraction: float = 0.2      #: lr constant, then linear to 0 over this last fraction of the steps
+    val_every: int = 200             #: steps between validations (and last.pt checkpoints)
     val_fraction: float = 0.1        #: share of samples held out for validation (whole volumes)
-    n_val: int | None = None         #: number of held-out volumes; overrides val_fraction when set
+    n_val: int | None = 2            #: number of held-out volumes; overrides val_fraction when set
     val_overlap: float = 0.25        #: sliding-window overlap during validation
     log_every: int = 10              #: steps between metrics.csv rows
     seed: int = 0
@@ -119,7 +123,7 @@ class TrainConfig:
                                       #: maximizing mean Dice on the held-out validation volumes
     apply_calibrated_threshold: bool = True  #: false: record and print the calibration, keep ``threshold``
                                              #: (for recipes meant for real scans, whose labels differ)
-    foreground_prior: float | None = None  #: initial output probability (last conv bias = logit); None: 0.5
+    foreground_prior: float | None = 0.03  #: initial output probability (last conv bias = logit); None: 0.5
     ema_decay: float | None = None   #: exponential moving average of the weights (e.g. 0.99, a horizon of
                                      #: ~1 / (1 - decay) steps): validation, best.pt and inference use the
                                      #: average, which smooths the noise of small-batch steps; None: off
