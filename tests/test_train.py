@@ -184,6 +184,47 @@ def test_on_the_fly_training_run(tmp_path):
     assert load_checkpoint(tmp_path / "otf" / "best.pt")["on_the_fly"] is True
 
 
+def fake_renderer(profile: str, seed: int, index: int):
+    """Stand-in for the simulator in loader workers (module level, so worker processes can pickle it)."""
+    return tube_volume(24, seed % 1000 + index)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_on_the_fly_stream_resumes_at_any_batch(workers):
+    from octasim.train.data import OnTheFlyDataset, worker_init
+    # 3 patches per volume, batches of 2: a resumed stream starts in the middle of a volume
+    cfg = tiny(num_workers=workers, on_the_fly={"shape": [24, 24, 24], "crops_per_volume": 3})
+
+    def batches(start: int, n: int) -> list[torch.Tensor]:
+        loader = torch.utils.data.DataLoader(OnTheFlyDataset(cfg, fake_renderer, start_batch=start),
+                                             batch_size=cfg.batch_size, num_workers=workers,
+                                             worker_init_fn=worker_init if workers else None)
+        it = iter(loader)
+        return [next(it)["image"] for _ in range(n)]
+
+    full = batches(0, 7)
+    assert not torch.equal(full[0], full[1])
+    for start in (1, 2, 5):
+        for a, b in zip(full[start:], batches(start, 7 - start)):
+            assert torch.equal(a, b), start
+
+
+def test_on_the_fly_resume_is_exact(tmp_path):
+    from octasim.train.trainer import TrainError, train
+    cfg = tiny(on_the_fly={"shape": [24, 24, 24], "crops_per_volume": 3, "n_val": 1})
+    kw = dict(on_the_fly=True, renderer=fake_renderer, device="cpu", progress=False, steps=6)
+    train(cfg, [], tmp_path / "full", **kw)
+    train(cfg, [], tmp_path / "split", stop_at=2, **kw)  # 4 patches: mid-volume
+    with pytest.raises(TrainError, match="--workers 0"):  # another worker count would change the stream
+        train(tiny(num_workers=2, on_the_fly={"shape": [24, 24, 24], "crops_per_volume": 3, "n_val": 1}),
+              [], tmp_path / "split", resume=True, **kw)
+    train(cfg, [], tmp_path / "split", resume=True, **kw)
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["model_state"]
+    b = load_checkpoint(tmp_path / "split" / "last.pt")["model_state"]
+    for k, v in a.items():
+        assert torch.equal(v, b[k]), k
+
+
 # -- training ---------------------------------------------------------------------------------------
 
 def test_tiny_run_writes_checkpoints(dataset, tmp_path):

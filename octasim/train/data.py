@@ -213,35 +213,43 @@ def choose_profile(cfg: TrainConfig, seed: int, index: int) -> str:
 class OnTheFlyDataset(IterableDataset):
     """Endless stream of augmented patches from freshly rendered volumes.
 
-    Volume indices ``start, start+1, ...`` are dealt round-robin to the loader's workers, so no volume
-    is rendered twice; each gives ``crops_per_volume`` patches. The renderer gets the run seed and the
-    volume index (the simulator derives the sample's own seed from both).
+    With ``W`` loader workers (``W = 1`` for none), worker ``r`` renders volumes ``r, r + W, r + 2W, ...``
+    (no volume is rendered twice) and yields ``crops_per_volume`` patches of each; the DataLoader takes
+    batch ``n`` from worker ``n % W``. The renderer gets the run seed and the volume index (the simulator
+    derives the sample's own seed from both). ``start_batch`` resumes this stream exactly at a global
+    batch: worker ``w`` of the new loader continues the stream of worker ``(start_batch + w) % W``, from
+    the right patch within the right volume, given the same ``W`` and batch size.
     """
 
-    def __init__(self, cfg: TrainConfig, renderer: Renderer | None = None, start_volume: int = 0,
+    def __init__(self, cfg: TrainConfig, renderer: Renderer | None = None, start_batch: int = 0,
                  seed: int | None = None) -> None:
         self.cfg = cfg
         self.renderer = renderer if renderer is not None else SynthRenderer(cfg)
-        self.start = int(start_volume)
+        self.start_batch = int(start_batch)
         self.seed = cfg.seed if seed is None else seed
         self.transform = build_augmentation(cfg)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        crop = self.cfg.crop
-        index = self.start + wid
+        crop, per_volume = self.cfg.crop, self.cfg.on_the_fly.crops_per_volume
+        first_batch = self.start_batch + wid                 # global index of this worker's first batch
+        role = first_batch % nw                              # whose stream it continues
+        first_patch = (first_batch // nw) * self.cfg.batch_size  # position in that stream
+        index, skip = role + nw * (first_patch // per_volume), first_patch % per_volume
         while True:
             profile = choose_profile(self.cfg, self.seed, index)
             image, label = self.renderer(profile, self.seed, index)
             image = _pad_to(np.clip(np.asarray(image, np.float32), 0, 1), crop)
             label = _pad_to((np.asarray(label) > 0.5).astype(np.uint8), crop)
             rng = np.random.default_rng(seed_for(self.seed, 0xC409, index))
-            for c in range(self.cfg.on_the_fly.crops_per_volume):
-                img, lab = random_crop(image, label, crop, rng)
+            for c in range(per_volume):
+                img, lab = random_crop(image, label, crop, rng)  # drawn even when skipped: same rng sequence
+                if c < skip:
+                    continue
                 self.transform.set_random_state(seed=seed_for(self.seed, 0xA06, index, c))
                 yield self.transform({"image": img, "label": lab})
-            index += nw
+            index, skip = index + nw, 0
 
 
 def render_validation_volumes(cfg: TrainConfig, renderer: Renderer | None = None

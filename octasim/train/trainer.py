@@ -317,6 +317,10 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
         if bool(state.get("on_the_fly", False)) != bool(on_the_fly):
             raise TrainError(f"{last_path}: the run was {'' if state.get('on_the_fly') else 'not '}trained "
                              "on the fly; resume it the same way")
+        saved_workers = (state.get("train_config") or {}).get("num_workers", cfg.num_workers)
+        if on_the_fly and max(1, saved_workers) != max(1, cfg.num_workers):  # each worker renders its own stream
+            raise TrainError(f"{last_path}: the run rendered its volumes with {saved_workers} loader worker(s); "
+                             f"resume it with --workers {saved_workers} to continue its data stream exactly")
         start = int(state["step"])
         if start >= end:
             raise TrainError(f"{last_path}: the run is already at step {start} (asked for {end}); "
@@ -336,7 +340,7 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
     bs = cfg.batch_size
     gen = torch.Generator().manual_seed(cfg.seed)
     if on_the_fly:
-        dataset = OnTheFlyDataset(cfg, renderer, start_volume=(start * bs) // cfg.on_the_fly.crops_per_volume)
+        dataset = OnTheFlyDataset(cfg, renderer, start_batch=start)  # one batch per step
     else:
         dataset = PatchDataset(train_volumes, cfg, length=(end - start) * bs, offset=start * bs)
     loader = torch.utils.data.DataLoader(
