@@ -86,3 +86,23 @@ def test_include_crop_pads_and_crops_whole_volumes():
     out = t({"image": rng.random((1, 40, 18, 30), dtype=np.float32),
              "label": (rng.random((1, 40, 18, 30)) > 0.5).astype(np.uint8)})
     assert out["image"].shape == (1, 16, 16, 16)
+
+
+def test_label_stays_on_the_image_through_rotation_and_zoom():
+    """Small blobs labelled by an image threshold: after augmentation (geometry only) the label must
+    still match the same threshold of the augmented image. Resampling the label with torch's 'nearest'
+    zoom shifts it by a fraction of a voxel (agreement ~0.85 on these blobs); one fused resample keeps
+    it above 0.93."""
+    from scipy import ndimage
+    rng = np.random.default_rng(0)
+    img = ndimage.gaussian_filter(rng.random((45, 45, 45)), 3)
+    img = ((img - img.min()) / (img.max() - img.min())).astype(np.float32)[None]
+    lab = (img > 0.6).astype(np.float32)
+    cfg = config_from_dict({"patch_size": 32, "crop_size": 45, "augment": {
+        "rotate_prob": 1.0, "zoom_prob": 1.0, "zoom_range": [1.1, 1.2], "smooth_prob": 0.0, "noise_prob": 0.0,
+        "histogram_shift_prob": 0.0}})
+    for seed in range(4):
+        out = build_augmentation(cfg, seed=seed)({"image": img, "label": lab})
+        ideal, got = out["image"].numpy() > 0.6, out["label"].numpy() > 0.5
+        assert ideal.sum() > 100
+        assert 2 * (ideal & got).sum() / (ideal.sum() + got.sum()) > 0.93, seed

@@ -2,8 +2,9 @@
 
 Arrays are channel-first ``(1, i, j, k)`` with depth = k. Geometry changes only the lateral plane:
 rotation about the depth axis (the (i, j) plane), flips of i and j, isotropic zoom >= 1; depth is never
-flipped or rotated away, so projection tails always point to larger k. The label is resampled with
-nearest-neighbour interpolation and stays binary; intensity transforms touch the image only.
+flipped or rotated away, so projection tails always point to larger k. The spatial transforms are fused
+into one resample; the label is interpolated linearly and thresholded at 0.5, so it stays binary and
+aligned with the image; intensity transforms touch the image only.
 """
 from __future__ import annotations
 
@@ -79,7 +80,15 @@ def build_augmentation(cfg: TrainConfig, include_crop: bool = False, seed: int |
                             num_control_points=tuple(int(v) for v in a.histogram_control_points)),
         ClipLabeld(),
     ]
-    transform = Compose(steps, lazy=False)
+    # Lazy resampling (MONAI): rotation, zoom, flips and the crop are fused into one resample that
+    # computes only the patch_size^3 output, about a third cheaper per patch than resampling the crop
+    # twice. It also keeps the label on the image: the label is interpolated linearly and thresholded
+    # at 0.5 (ClipLabeld), whereas the eager RandZoomd's 'nearest' mode (torch's, not 'nearest-exact')
+    # shifts it by a fraction of a voxel, which costs thin vessels a good part of their overlap
+    # (tests/test_augment.py measures the agreement).
+    transform = Compose(steps, lazy=True, overrides={
+        "image": {"mode": "bilinear", "padding_mode": "border"},
+        "label": {"mode": "bilinear", "padding_mode": "zeros"}})
     if seed is not None:
         transform.set_random_state(seed=seed)
     return transform
