@@ -90,9 +90,8 @@ def test_include_crop_pads_and_crops_whole_volumes():
 
 def test_label_stays_on_the_image_through_rotation_and_zoom():
     """Small blobs labelled by an image threshold: after augmentation (geometry only) the label must
-    still match the same threshold of the augmented image. Resampling the label with torch's 'nearest'
-    zoom shifts it by a fraction of a voxel (agreement ~0.85 on these blobs); one fused resample keeps
-    it above 0.93."""
+    sit where the same threshold of the augmented image lies. torch's 'nearest' zoom (not
+    'nearest-exact') shifts the label by a fraction of a voxel (~0.2 voxel along each axis here)."""
     from scipy import ndimage
     rng = np.random.default_rng(0)
     img = ndimage.gaussian_filter(rng.random((45, 45, 45)), 3)
@@ -103,6 +102,8 @@ def test_label_stays_on_the_image_through_rotation_and_zoom():
         "histogram_shift_prob": 0.0}})
     for seed in range(4):
         out = build_augmentation(cfg, seed=seed)({"image": img, "label": lab})
-        ideal, got = out["image"].numpy() > 0.6, out["label"].numpy() > 0.5
+        ideal, got = out["image"].numpy()[0] > 0.6, out["label"].numpy()[0] > 0.5
         assert ideal.sum() > 100
-        assert 2 * (ideal & got).sum() / (ideal.sum() + got.sum()) > 0.93, seed
+        shift = np.subtract(ndimage.center_of_mass(got), ndimage.center_of_mass(ideal))
+        assert np.abs(shift).max() < 0.2, (seed, shift)  # voxels; the nearest zoom gave up to 0.45
+        assert 2 * (ideal & got).sum() / (ideal.sum() + got.sum()) > 0.9, seed
