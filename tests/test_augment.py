@@ -90,8 +90,8 @@ def test_include_crop_pads_and_crops_whole_volumes():
 
 def test_label_stays_on_the_image_through_rotation_and_zoom():
     """Small blobs labelled by an image threshold: after augmentation (geometry only) the label must
-    sit where the same threshold of the augmented image lies. torch's 'nearest' zoom (not
-    'nearest-exact') shifts the label by a fraction of a voxel (~0.2 voxel along each axis here)."""
+    sit where the same threshold of the augmented image lies. Two eager nearest-neighbour resamples
+    (rotation, then zoom) shifted it by up to half a voxel here."""
     from scipy import ndimage
     rng = np.random.default_rng(0)
     img = ndimage.gaussian_filter(rng.random((45, 45, 45)), 3)

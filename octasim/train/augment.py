@@ -83,9 +83,9 @@ def build_augmentation(cfg: TrainConfig, include_crop: bool = False, seed: int |
     # Lazy resampling (MONAI): rotation, zoom, flips and the crop are fused into one resample that
     # computes only the patch_size^3 output, about a third cheaper per patch than resampling the crop
     # twice. It also keeps the label on the image: the label is interpolated linearly and thresholded
-    # at 0.5 (ClipLabeld), whereas the eager RandZoomd's 'nearest' mode (torch's, not 'nearest-exact')
-    # shifts it by a fraction of a voxel, which costs thin vessels a good part of their overlap
-    # (tests/test_augment.py measures the agreement).
+    # at 0.5 (ClipLabeld), whereas the eager pipeline's nearest-neighbour resamples (rotation, and zoom
+    # with torch's 'nearest') shift it by up to half a voxel, a good part of a thin vessel's overlap
+    # ('nearest-exact' for the zoom alone does not remove it; tests/test_augment.py measures the shift).
     transform = Compose(steps, lazy=True, overrides={
         "image": {"mode": "bilinear", "padding_mode": "border"},
         "label": {"mode": "bilinear", "padding_mode": "zeros"}})
