@@ -24,6 +24,8 @@ from octasim.graph import VesselGraph
 
 #: rule names, in the order they are applied (keys of ``ExtractionReport.rejected``)
 RULES = ("too_few_nodes", "no_surface_vessel", "below_cortex_depth", "too_few_edges")
+#: most pillars one extraction may lay out (about 100 bytes each: 10 million take about 1 GB)
+MAX_PILLARS = 10_000_000
 
 
 class NoPatchError(ValueError):
@@ -230,7 +232,8 @@ def extract_patches(graph: VesselGraph, params: ExtractParams = ExtractParams(),
     pillars each rule rejected. Pillars are laid from the graph's lateral minimum (x, y) with side
     ``params.fov_um[:2]``; the last row / column may extend past the graph (nodes exactly on the
     graph's far face count in the last pillar). Nodes above z = 0 (e.g.
-    pial vessels lying on the surface) count as part of the pillar.
+    pial vessels lying on the surface) count as part of the pillar. Raises ValueError (before
+    allocating) when the grid would hold more than ``MAX_PILLARS`` pillars.
     """
     from tqdm.auto import tqdm
 
@@ -258,7 +261,13 @@ def extract_patches(graph: VesselGraph, params: ExtractParams = ExtractParams(),
     extent = xy.max(axis=0) - lo_xy
     diagnostics["lateral_extent_um"] = extent.tolist()
     # ceil: a graph exactly n FOVs wide (nodes on its far face) gives n pillars, not n + a sliver
-    n_cols, n_rows = np.maximum(1, np.ceil(extent / fov[:2] - 1e-6)).astype(np.int64).tolist()
+    grid = np.maximum(1, np.ceil(extent / fov[:2] - 1e-6))
+    if float(np.prod(grid)) > MAX_PILLARS:
+        raise ValueError(f"the graph spans {extent[0]:.4g} x {extent[1]:.4g} um laterally, which makes "
+                         f"{np.prod(grid):.3g} pillars of {fov[0]:g} x {fov[1]:g} um (the FOV's lateral size; "
+                         f"limit {MAX_PILLARS:,}, about 1 GB of memory): use a larger FOV (--fov-um), crop the "
+                         "graph, or check its units (--voxel-size for graphs in voxels)")
+    n_cols, n_rows = grid.astype(np.int64).tolist()
     n_pillars = n_cols * n_rows
 
     # pillar index of every node (-1: deeper than the cortex)

@@ -157,6 +157,39 @@ class CortexParams:
         return self
 
 
+#: largest block :func:`generate_cortex` builds, in estimated edges (17 x 17 x 1.2 mm at the defaults)
+MAX_EDGES = 20_000_000
+#: peak memory per edge while generating, bytes (measured: 0.95 GB for a 6 x 6 x 1.2 mm block)
+BYTES_PER_EDGE = 450
+# edges per um^3 of block (capillary bed, penetrating vessels) and per um^2 of surface (pial trees) at
+# the default parameters (measured on 2 x 2 x 1.2, 3 x 3 x 0.6 and 4 x 4 x 0.005 mm blocks)
+_EDGES_PER_UM3 = 5.35e-5
+_EDGES_PER_UM2 = 1e-3
+
+
+def estimate_edges(p: CortexParams) -> float:
+    """Approximate number of edges :func:`generate_cortex` makes for ``p`` (within ~10 % at the defaults).
+
+    Scales with the block volume and surface (um^3, um^2), the inverse square of the capillary spacing
+    (length density) and the inverse of the edge length.
+    """
+    x, y, z = p.size_um
+    per_um3 = _EDGES_PER_UM3 * (CortexParams.capillary_spacing_um / p.capillary_spacing_um) ** 2
+    return (per_um3 * x * y * z + _EDGES_PER_UM2 * x * y) * CortexParams.edge_length_um / p.edge_length_um
+
+
+def check_block_size(p: CortexParams, name: str = "size_um") -> float:
+    """Estimated edge count of the block; ValueError naming ``name`` (the size option) above MAX_EDGES."""
+    n = estimate_edges(p)
+    if n > MAX_EDGES:
+        x, y, z = p.size_um
+        raise ValueError(f"{name} {x:g} {y:g} {z:g}: a block of {x * y * z / 1e9:.3g} mm^3 would hold about "
+                         f"{n:.3g} vessel edges and need about {n * BYTES_PER_EDGE / 1e9:,.0f} GB of memory; the "
+                         f"limit is {MAX_EDGES:,} edges (about {MAX_EDGES * BYTES_PER_EDGE / 1e9:.0f} GB, e.g. "
+                         "17 x 17 x 1.2 mm). Generate a smaller block (sizes are in um: 2000 = 2 mm)")
+    return n
+
+
 class _Net:
     """Key nodes and straight links, before links are cut into tortuous short edges."""
 
@@ -193,11 +226,13 @@ def generate_cortex(params: CortexParams | None = None, seed: int = 0, progress:
 
     Returns a VesselGraph with ``edge_attrs['kind']`` (int8, see ``KIND_*``) and ``meta`` holding
     the generator name, the seed, every parameter and the kind codes. Same params and seed ->
-    identical arrays.
+    identical arrays. Raises ValueError, before any work, for blocks estimated above ``MAX_EDGES``
+    edges (see :func:`estimate_edges`).
     """
     from tqdm import tqdm
 
     p = (params or CortexParams()).check()
+    check_block_size(p)
     rng = np.random.default_rng(seed)
     size = np.asarray(p.size_um, float)
     net = _Net()

@@ -11,6 +11,10 @@ class GraphError(ValueError):
     """A vessel graph (or the file it came from) is malformed; the message names what is wrong."""
 
 
+#: largest plausible |coordinate| and radius, um (10 m); larger values mean a corrupt file or wrong units
+MAX_COORDINATE_UM = 1e7
+
+
 @dataclass
 class VesselGraph:
     """A vascular network as straight edges between nodes.
@@ -46,13 +50,21 @@ class VesselGraph:
 
     # ------------------------------------------------------------------ checks
     def validate(self, source: str = "graph") -> "VesselGraph":
-        """Raise GraphError naming ``source`` if the graph is empty or holds invalid values."""
+        """Raise GraphError naming ``source`` if the graph is empty or holds invalid values (NaN, dangling
+        edges, radius <= 0, coordinates or radii beyond ``MAX_COORDINATE_UM``)."""
         if len(self.nodes) == 0 or len(self.edges) == 0:
             raise GraphError(f"{source}: empty graph ({len(self.nodes)} nodes, {len(self.edges)} edges)")
         bad = ~np.isfinite(self.nodes).all(axis=1)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise GraphError(f"{source}: {bad.sum()} node(s) with NaN or infinite coordinates (first: node index {i})")
+        bad = (np.abs(self.nodes) > MAX_COORDINATE_UM).any(axis=1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise GraphError(f"{source}: {bad.sum()} node(s) with coordinates beyond +-{MAX_COORDINATE_UM:g} um "
+                             f"(10 m), far larger than any brain (first: node index {i} at "
+                             f"{', '.join(f'{v:.3g}' for v in self.nodes[i])} um); the file is corrupt or "
+                             "not in um (for a graph in voxels, check the voxel size given)")
         if self.edges.min() < 0 or self.edges.max() >= len(self.nodes):
             i = int(np.flatnonzero((self.edges < 0).any(1) | (self.edges >= len(self.nodes)).any(1))[0])
             raise GraphError(f"{source}: edge {i} refers to a node that does not exist {tuple(self.edges[i])}")
@@ -61,6 +73,12 @@ class VesselGraph:
             i = int(np.flatnonzero(bad)[0])
             raise GraphError(f"{source}: {bad.sum()} edge(s) with a zero, negative or NaN radius "
                              f"(first: edge {i}, radius {self.radius[i]})")
+        bad = self.radius > MAX_COORDINATE_UM
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise GraphError(f"{source}: {bad.sum()} edge(s) with a radius above {MAX_COORDINATE_UM:g} um (10 m), "
+                             f"far larger than any vessel (first: edge {i}, radius {self.radius[i]:.3g} um); "
+                             "the file is corrupt or not in um")
         return self
 
     # ----------------------------------------------------------- basic shapes

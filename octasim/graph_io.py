@@ -18,8 +18,9 @@ Formats (``fmt`` names), files and units:
 ``secomb``       Secomb network ``.dat`` (microvascular flow codes): title line, box / tissue-point / bound /
     max-length / max-segments lines, ``N total number of segments``, header
     ``name type from to diam flow HD``, N rows (``from``/``to`` are node *names*; ``diam`` in um, radius
-    = diam / 2), ``M total number of nodes``, header ``name x y z ...``, M rows (um); later sections
-    are ignored. Kept edge attributes: ``type`` (int), ``flow`` (nl/min), ``hd`` (discharge
+    = diam / 2), ``M total number of nodes``, header ``name x y z ...``, M rows (um); each section must
+    hold exactly its announced number of rows (up to the next ``total number of`` line); later
+    sections are ignored. Kept edge attributes: ``type`` (int), ``flow`` (nl/min), ``hd`` (discharge
     haematocrit) when present. The writer names nodes and segments 1..M / 1..E and lists degree-1
     nodes as boundary nodes with placeholder conditions (``bctyp 0 bcprfl 0 bchd 0.45``): set real
     boundary conditions before running a flow code.
@@ -377,6 +378,7 @@ def _read_clearmap(path: Path) -> tuple[VesselGraph, Path]:
 # ---------------------------------------------------------------- Secomb .dat
 _SEG_RE = re.compile(r"^\s*(\d+)\s+total\s+number\s+of\s+segments", re.I)
 _NODE_RE = re.compile(r"^\s*(\d+)\s+total\s+number\s+of\s+nodes", re.I)
+_ANY_COUNT_RE = re.compile(r"^\s*\d+\s+total\s+number\s+of\b", re.I)  # starts a section
 
 
 def _find_col(fname: Path, lineno: int, header: list[str], want: str, prefix: bool = False,
@@ -391,6 +393,9 @@ def _find_col(fname: Path, lineno: int, header: list[str], want: str, prefix: bo
 
 
 def _section(fname: Path, rows: list[tuple[int, str]], regex: re.Pattern, start: int, what: str):
+    """Find the '<count> total number of <what>' line at or after ``start``: (its row index, the count,
+    the header's column names, the data rows). The data rows run up to the next '<count> total number
+    of ...' line or the end of the file, and their number must equal the announced count."""
     for k in range(start, len(rows)):
         m = regex.match(rows[k][1])
         if m:
@@ -398,10 +403,18 @@ def _section(fname: Path, rows: list[tuple[int, str]], regex: re.Pattern, start:
             if k + 1 >= len(rows):
                 raise GraphError(f"{fname}, line {rows[k][0]}: file ends before the {what} header line")
             header = rows[k + 1][1].split()
-            body = rows[k + 2: k + 2 + n]
-            if len(body) < n:
-                raise GraphError(f"{fname}, line {rows[k][0]}: announces {n} {what} but the file holds only "
-                                 f"{len(body)} row(s) after the header (truncated?)")
+            end = next((i for i in range(k + 2, len(rows)) if _ANY_COUNT_RE.match(rows[i][1])), len(rows))
+            body = rows[k + 2: end]
+            if len(body) != n:
+                span = f"lines {body[0][0]}-{body[-1][0]}" if body else "none"
+                if len(body) < n:
+                    problem = (f"but the {what} section holds only {len(body)} row(s) after its header ({span}): "
+                               "the file is truncated or the count is wrong")
+                else:
+                    problem = (f"but {len(body)} rows follow its header ({span}, up to the next "
+                               "'total number of' line or the end of the file): correct the count line or "
+                               "remove the extra rows")
+                raise GraphError(f"{fname}, line {rows[k][0]}: announces {n} {what} {problem}")
             return k, n, header, body
     raise GraphError(f"{fname}: no line '<count> total number of {what}' found (not a Secomb network file?)")
 

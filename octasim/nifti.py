@@ -49,6 +49,60 @@ def affine_for_spacing(spacing_um) -> np.ndarray:
     return np.diag([*(spacing / 1000.0), 1.0])
 
 
+def affine_um(volume: Volume) -> np.ndarray:
+    """The volume's affine (voxel index -> world position) in um, whatever the header's spatial unit."""
+    out = np.array(volume.affine, dtype=float)
+    out[:3] *= UM_PER_UNIT.get(volume.header.get_xyzt_units()[0], 1e3)
+    return out
+
+
+def _xyz(values) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
+
+
+def grid_differences(affine_a: np.ndarray, affine_b: np.ndarray, rel_tol: float = 1e-4,
+                     voxel_tol: float = 1e-3) -> list[str]:
+    """How the voxel grids of two affines (in um, see :func:`affine_um`) differ, as phrases naming
+    spacing, orientation and origin; empty when they match.
+
+    Tolerances: voxel sizes ``rel_tol`` relative, axis directions ``rel_tol`` (about 0.006 degrees),
+    origins ``voxel_tol`` of the smaller voxel.
+    """
+    a, b = np.asarray(affine_a, float), np.asarray(affine_b, float)
+    sa, sb = np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0)
+    out = []
+    if np.any(np.abs(sa - sb) > rel_tol * np.maximum(sa, sb)):
+        out.append(f"voxel size {_xyz(sa)} um vs {_xyz(sb)} um")
+    da, db = a[:3, :3] / np.where(sa > 0, sa, 1.0), b[:3, :3] / np.where(sb > 0, sb, 1.0)
+    if np.abs(da - db).max() > rel_tol:
+        ca, cb = "".join(nib.aff2axcodes(a)), "".join(nib.aff2axcodes(b))
+        if ca != cb:
+            out.append(f"orientation {ca} vs {cb} (the directions the voxel axes point in: Right/Left, "
+                       "Anterior/Posterior, Superior/Inferior)")
+        else:
+            angle = np.degrees(np.arccos(np.clip((da * db).sum(axis=0), -1.0, 1.0))).max()
+            out.append(f"orientation: axes rotated by up to {angle:.3g} degrees")
+    if np.linalg.norm(a[:3, 3] - b[:3, 3]) > voxel_tol * min(sa.min(), sb.min()):
+        out.append(f"origin (centre of voxel 0, 0, 0) at {_xyz(a[:3, 3])} um vs {_xyz(b[:3, 3])} um")
+    return out
+
+
+def resample_to_grid(data: np.ndarray, affine_from: np.ndarray, affine_to: np.ndarray, shape,
+                     order: int = 0) -> np.ndarray:
+    """``data`` (on the grid of ``affine_from``) resampled onto the grid ``affine_to`` of ``shape``
+    voxels through world coordinates (affines in the same unit, e.g. um from :func:`affine_um`).
+
+    order: 0 nearest neighbour (masks, labels), 1 linear (probabilities, intensities). Voxels
+    outside ``data`` become 0.
+    """
+    from scipy import ndimage
+
+    to_source = np.linalg.inv(np.asarray(affine_from, float)) @ np.asarray(affine_to, float)
+    return ndimage.affine_transform(np.asarray(data), to_source[:3, :3], offset=to_source[:3, 3],
+                                    output_shape=tuple(int(n) for n in shape), order=order, mode="constant",
+                                    cval=0.0)
+
+
 def read_volume(path: str | Path, dtype=np.float32) -> Volume:
     """Load a 3D NIfTI (a 4D file with a single channel is squeezed) as ``dtype``.
 

@@ -34,6 +34,8 @@ _LINE_STEP = 0.5
 _THIN = 1.0
 # Long edges are cut into pieces of at most max(_PIECE * radius, 8) voxels (tighter boxes).
 _PIECE = 6.0
+# Most pieces one call may cut the edges into (about 200 bytes each: 10 million take about 2 GB).
+_MAX_PIECES = 10_000_000
 
 
 @dataclass
@@ -113,6 +115,7 @@ def voxelize(graph: VesselGraph, shape: tuple[int, int, int], voxel_size_um: flo
             e = int(np.flatnonzero(bad)[0])
             raise GraphError(f"cannot voxelize: {int(bad.sum())} edge(s) with NaN/infinite node "
                              f"coordinates or a non-positive radius (first: edge {e})")
+        _check_pieces(np.linalg.norm(p1 - p0, axis=1) / vs, graph.radius / vs, vs)
         keys, hit = _rasterize(p0 / vs - 0.5, p1 / vs - 0.5, graph.radius / vs, shape, occ)
         # ``hit``: flat indices of every vessel voxel (repeats allowed: all writes below are
         # idempotent), so no pass over the whole volume is needed
@@ -136,6 +139,27 @@ def _check_shape(shape) -> tuple[int, int, int]:
     if len(out) != 3 or min(out) <= 0 or any(int(s) != s for s in shape):
         raise ValueError(f"volume shape must be three positive integers, got {shape!r}")
     return out
+
+
+def _piece_counts(length: np.ndarray, rad: np.ndarray) -> np.ndarray:
+    """Number of pieces (float, >= 1) each edge is cut into; ``length`` and ``rad`` in voxels."""
+    return np.maximum(np.ceil(length / np.maximum(_PIECE * rad, 8.0)), 1.0)
+
+
+def _check_pieces(length: np.ndarray, rad: np.ndarray, vs: float) -> None:
+    """Refuse (GraphError) edges so long that cutting them into pieces would exhaust the memory.
+
+    length, rad: per edge, in voxels; vs: voxel size, um (for the message).
+    """
+    pieces = _piece_counts(length, rad)
+    total = float(pieces.sum())
+    if total > _MAX_PIECES:
+        e = int(np.argmax(pieces))
+        raise GraphError(f"cannot voxelize: the edges would be cut into {total:.3g} pieces of at most "
+                         f"{max(_PIECE * rad[e], 8.0):.3g} voxels (limit {_MAX_PIECES:,}, about 2 GB of memory); "
+                         f"edge {e} alone is {length[e] * vs:.3g} um long at {vs:g} um voxels ({pieces[e]:.3g} "
+                         "pieces). "
+                         "Crop the graph to the volume first, or check its units")
 
 
 def _edge_bits(n_edges: int) -> int:
@@ -184,9 +208,9 @@ def _rasterize(p0: np.ndarray, p1: np.ndarray, rad: np.ndarray, shape: tuple[int
 
     # ---- cut long edges into pieces (the union of the pieces' capsules is the edge's capsule)
     vec = p1 - p0
-    n_piece = np.ceil(np.linalg.norm(vec, axis=1) / np.maximum(_PIECE * rad, 8.0))
-    eid, m = _ragged(np.maximum(n_piece, 1).astype(np.int64))
-    frac = 1.0 / np.maximum(n_piece, 1)[eid]
+    n_piece = _piece_counts(np.linalg.norm(vec, axis=1), rad)
+    eid, m = _ragged(n_piece.astype(np.int64))
+    frac = 1.0 / n_piece[eid]
     a = p0[eid] + (m * frac)[:, None] * vec[eid]
     b = p0[eid] + np.minimum((m + 1) * frac, 1.0)[:, None] * vec[eid]
 

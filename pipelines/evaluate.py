@@ -6,6 +6,12 @@ import csv
 import math
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # heavy imports stay inside the functions so that `octasim --help` is fast
+    import numpy as np
+
+    from octasim.nifti import Volume
 
 DESCRIPTION = """\
 Compare predicted vessel masks with label masks (NIfTI files or folders of them) and report, per
@@ -13,13 +19,19 @@ volume and as a mean: Dice, clDice, precision, recall, IoU, Betti-0 error (conne
 and Betti-1 error (independent loops), plus ROC-AUC and average precision when probability maps
 are available (--prob, or probability maps given as --pred, which are then thresholded at
 --threshold: voxel is vessel if prob > threshold). Label voxels are vessel if non-zero (integer
-files) or > 0.5 (float files).
+files: 1, 255, -1 ... all count) or > 0.5 (float files).
 
 Pairing rule: each file's key is its name without .nii / .nii.gz and without a trailing
 _mask, _prob, _pred, _seg, _label or _labels (so sample_0003_mask.nii.gz pairs with
-sample_0003.nii.gz or sample_0003_label.nii.gz). If the keys match one to one, files pair by key;
-otherwise they pair in sorted order (folders are listed sorted by name) and the pairs are printed.
-Different numbers of predictions and labels, or a shape mismatch in a pair, are errors.
+sample_0003.nii.gz or sample_0003_label.nii.gz). Files pair by key, and the pairs are printed;
+if the keys do not match one to one, the command stops and lists the unmatched names (a single
+prediction and a single label pair as given, whatever their names).
+
+Voxel grids: a prediction must lie on its label's voxel grid (same NIfTI affine: voxel size,
+orientation and origin, within 1e-4 relative / 1e-3 voxel; and same shape). Otherwise the command
+stops and says how the grids differ, unless --resample-pred is given: the prediction (and
+probability map) is then resampled onto the label's grid through the world coordinates of both
+headers (nearest neighbour for masks, linear for probabilities; outside the prediction = background).
 
 --regions FILE.json evaluates named boxes (voxel indices, end exclusive):
   {"regions": [{"name": "small", "box": [[0, 0, 0], [80, 80, 80]]}, ...]}
@@ -50,6 +62,11 @@ def register(subparsers) -> None:
                    help="threshold applied to probability maps given as --pred (0-1)")
     p.add_argument("--no-topology", action="store_true",
                    help="skip the Betti-0 / Betti-1 errors (connected-component analysis; slow on very large volumes)")
+    p.add_argument("--resample-pred", action="store_true",
+                   help="when a prediction's voxel grid (NIfTI affine: voxel size, orientation, origin; or shape) "
+                        "differs from its label's, resample the prediction onto the label's grid through world "
+                        "coordinates (nearest neighbour for masks, linear for probability maps) instead of stopping "
+                        "with an error")
     p.set_defaults(func=run)
 
 
@@ -75,34 +92,63 @@ def _collect(items, prefer: str | None) -> list[Path]:
     return out
 
 
-def pair_files(preds: list[Path], labels: list[Path], what: str = "predictions") -> tuple[list[tuple[Path, Path]], str]:
-    """Pair two file lists by key (see ``file_key``), else by sorted order; returns (pairs, rule used)."""
+def _names(paths: list[Path], limit: int = 10) -> str:
+    """Comma-separated file names (at most ``limit``), or 'none'."""
+    if not paths:
+        return "none"
+    more = f" ... and {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(p.name for p in paths[:limit]) + more
+
+
+def _by_key(paths: list[Path], what: str) -> dict[str, Path]:
+    """{key: path}; ValueError when two files share a key."""
+    out: dict[str, Path] = {}
+    for path in paths:
+        key = file_key(path)
+        if key in out:
+            raise ValueError(f"two {what} have the name {key!r} once .nii(.gz) and a role suffix such as _mask "
+                             f"are stripped: {out[key]} and {path}; keep only one of them")
+        out[key] = path
+    return out
+
+
+def pair_files(preds: list[Path], labels: list[Path], what: str = "predictions") -> list[tuple[Path, Path]]:
+    """Pair each of ``preds`` with the label of the same key (see ``file_key``), in the order of ``preds``.
+
+    A single prediction and a single label pair as given. Otherwise the keys must match one to one:
+    ValueError listing the unmatched names (no guessing by sorted order).
+    """
     if not preds:
         raise ValueError(f"no {what} found (.nii / .nii.gz)")
     if not labels:
         raise ValueError("no labels found (.nii / .nii.gz)")
-    if len(preds) != len(labels):
-        raise ValueError(f"{len(preds)} {what} but {len(labels)} labels; give the same number of each "
-                         f"({what}: {', '.join(p.name for p in preds[:5])}{' ...' if len(preds) > 5 else ''}; "
-                         f"labels: {', '.join(p.name for p in labels[:5])}{' ...' if len(labels) > 5 else ''})")
-    if len(preds) == 1:
-        return [(preds[0], labels[0])], "single pair"
-    pk = [file_key(p) for p in preds]
-    lk = [file_key(p) for p in labels]
-    if len(set(pk)) == len(pk) and len(set(lk)) == len(lk) and set(pk) == set(lk):
-        by_key = dict(zip(lk, labels))
-        return [(p, by_key[k]) for p, k in zip(preds, pk)], "by name"
-    return list(zip(preds, labels)), "by sorted order"
+    if len(preds) == 1 and len(labels) == 1:
+        return [(preds[0], labels[0])]
+    pred_by_key, label_by_key = _by_key(preds, what), _by_key(labels, "labels")
+    lonely_preds = [p for k, p in pred_by_key.items() if k not in label_by_key]
+    lonely_labels = [p for k, p in label_by_key.items() if k not in pred_by_key]
+    if lonely_preds or lonely_labels:
+        raise ValueError(
+            f"{len(preds)} {what} and {len(labels)} labels do not match one to one by name (a file's name "
+            "without .nii / .nii.gz and without a trailing _mask, _prob, _pred, _seg, _label or _labels must "
+            f"equal its partner's). {what.capitalize()} without a label: {_names(lonely_preds)}. Labels "
+            f"without a {what[:-1]}: {_names(lonely_labels)}. Rename the files so "
+            "that each pair shares its name (e.g. scan01_mask.nii.gz and scan01.nii.gz)")
+    return [(p, label_by_key[k]) for k, p in pred_by_key.items()]
 
 
-def _binary_label(path: Path):
-    from octasim.nifti import read_volume
+def _binary_label(vol: Volume) -> np.ndarray:
+    """Vessel mask of a label volume: non-zero voxels of integer files (1, 255, -1 ... all count),
+    voxels > 0.5 of float files."""
+    import numpy as np
 
-    return read_volume(path).data > 0.5  # integer labels: any non-zero value; float labels: > 0.5
+    if np.issubdtype(vol.header.get_data_dtype(), np.integer):
+        return vol.data != 0
+    return vol.data > 0.5
 
 
-def _load_pred(path: Path, threshold: float):
-    """(mask, probability or None): a float file with values other than 0 / 1 is a probability map."""
+def _load_pred(path: Path, threshold: float) -> tuple[Volume, np.ndarray, np.ndarray | None]:
+    """(volume, mask, probability or None): a float file with values other than 0 / 1 is a probability map."""
     import numpy as np
 
     from octasim.nifti import read_volume
@@ -114,14 +160,54 @@ def _load_pred(path: Path, threshold: float):
         if data.min() < 0 or data.max() > 1:
             raise ValueError(f"{path}: float prediction with values outside [0, 1] "
                              f"({data.min():g}..{data.max():g}); expected a mask or a probability map")
-        return data > threshold, data
-    return data != 0, None
+        return vol, data > threshold, data
+    return vol, data != 0, None
+
+
+def _grid_mismatch(path: Path, vol: Volume, label_path: Path, label: Volume, resample: bool) -> str:
+    """How the voxel grid of ``vol`` differs from its label's ('' when it matches); ValueError naming both
+    files when it differs and ``resample`` is off."""
+    from octasim.nifti import affine_um, grid_differences
+
+    diffs = grid_differences(affine_um(vol), affine_um(label))
+    if not diffs and vol.data.shape == label.data.shape:
+        return ""
+    if not diffs:
+        if not resample:
+            raise ValueError(f"{path} has shape {vol.data.shape} but its label {label_path} has shape "
+                             f"{label.data.shape} (same voxel size, orientation and origin: a cropped or padded "
+                             "prediction? --resample-pred pads / crops it onto the label's grid)")
+        return f"shape {vol.data.shape} vs {label.data.shape}"
+    if vol.data.shape != label.data.shape:
+        diffs.append(f"shape {vol.data.shape} vs {label.data.shape}")
+    text = "; ".join(diffs)
+    if not resample:
+        raise ValueError(f"{path} and its label {label_path} are not on the same voxel grid (NIfTI affine, "
+                         f"prediction vs label): {text}. Compared voxel by voxel they would score different places "
+                         "of the brain against each other. Pass --resample-pred to resample the prediction onto "
+                         "the label's grid through the world coordinates of both headers, or save the prediction "
+                         "with the label's header")
+    return text
+
+
+def _to_label_grid(data: np.ndarray, vol: Volume, label: Volume, order: int) -> np.ndarray:
+    """``data`` on the grid of ``vol`` resampled onto the grid of ``label`` (order 0 nearest, 1 linear)."""
+    from octasim.nifti import affine_um, resample_to_grid
+
+    return resample_to_grid(data, affine_um(vol), affine_um(label), label.data.shape, order)
 
 
 def evaluate_files(pred_items, label_items, prob_items=None, regions_file=None, threshold: float = 0.5,
-                   topology: bool = True, progress: bool | None = None) -> tuple[list[dict], str]:
-    """Per-volume (and per-region) metric rows plus mean rows; returns (rows, pairing rule used)."""
+                   topology: bool = True, progress: bool | None = None, resample_pred: bool = False,
+                   echo: Callable[[str], None] = print) -> list[dict]:
+    """Per-volume (and per-region) metric rows plus mean rows.
+
+    Prints (through ``echo``) the pairs used and every prediction resampled onto its label's grid
+    (only with ``resample_pred``; without it a grid mismatch is a ValueError).
+    """
     from tqdm.auto import tqdm
+
+    import numpy as np
 
     from octasim.metrics import evaluate_masks, evaluate_regions, load_regions, weighted_mean
     from octasim.nifti import read_volume
@@ -129,26 +215,35 @@ def evaluate_files(pred_items, label_items, prob_items=None, regions_file=None, 
     regions = load_regions(regions_file) if regions_file else None
     preds = _collect(pred_items, "mask")
     labels = _collect(label_items, None)
-    pairs, rule = pair_files(preds, labels)
+    pairs = pair_files(preds, labels)
     prob_for = {}
     if prob_items:
         probs = _collect(prob_items, "prob")
-        prob_pairs, _ = pair_files(probs, labels, "probability maps")
-        prob_for = {lab: prb for prb, lab in prob_pairs}
+        prob_for = {lab: prb for prb, lab in pair_files(probs, labels, "probability maps")}
+    echo("pairs (prediction <-> label):")
+    for pred_path, label_path in pairs:
+        extra = f"  (probabilities: {prob_for[label_path].name})" if label_path in prob_for else ""
+        echo(f"  {pred_path.name} <-> {label_path.name}{extra}")
 
     rows: list[dict] = []
     bar = tqdm(pairs, desc="evaluate", unit="vol", disable=True if progress is False else (False if progress else None))
     for pred_path, label_path in bar:
-        mask, prob = _load_pred(pred_path, threshold)
-        label = _binary_label(label_path)
-        if mask.shape != label.shape:
-            raise ValueError(f"{pred_path} has shape {mask.shape} but its label {label_path} has shape {label.shape}")
+        pred_vol, mask, prob = _load_pred(pred_path, threshold)
+        label_vol = read_volume(label_path)
+        label = _binary_label(label_vol)
+        mismatch = _grid_mismatch(pred_path, pred_vol, label_path, label_vol, resample_pred)
+        if mismatch:
+            echo(f"note: resampled {pred_path.name} onto the grid of {label_path.name}: {mismatch}")
+            mask = _to_label_grid(mask.astype(np.uint8), pred_vol, label_vol, order=0) != 0
+            prob = None if prob is None else _to_label_grid(prob, pred_vol, label_vol, order=1)
         if label_path in prob_for:
-            pvol = read_volume(prob_for[label_path])
-            if pvol.data.shape != label.shape:
-                raise ValueError(f"{prob_for[label_path]} has shape {pvol.data.shape} but its label "
-                                 f"{label_path} has shape {label.shape}")
+            prob_path = prob_for[label_path]
+            pvol = read_volume(prob_path)
             prob = pvol.data
+            mismatch = _grid_mismatch(prob_path, pvol, label_path, label_vol, resample_pred)
+            if mismatch:
+                echo(f"note: resampled {prob_path.name} onto the grid of {label_path.name}: {mismatch}")
+                prob = _to_label_grid(prob, pvol, label_vol, order=1)
         base = {"volume": file_key(pred_path), "pred": str(pred_path), "label": str(label_path)}
         if regions:
             for name, metrics in evaluate_regions(mask, label, regions, prob, topology=topology).items():
@@ -161,7 +256,7 @@ def evaluate_files(pred_items, label_items, prob_items=None, regions_file=None, 
         group = [{k: v for k, v in r.items() if k not in ("volume", "pred", "label", "region")}
                  for r in rows if r["region"] == name]
         means.append({"volume": "mean", "pred": "", "label": "", "region": name, **weighted_mean(group)})
-    return rows + means, rule
+    return rows + means
 
 
 def _fmt(v) -> str:
@@ -196,14 +291,9 @@ def write_csv(rows: list[dict], path) -> Path:
 def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.threshold <= 1.0:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
-    rows, rule = evaluate_files(args.pred, args.label, args.prob, args.regions, args.threshold,
-                                topology=not args.no_topology)
+    rows = evaluate_files(args.pred, args.label, args.prob, args.regions, args.threshold,
+                          topology=not args.no_topology, resample_pred=args.resample_pred)
     n = len({r["pred"] for r in rows if r["volume"] != "mean"})
-    if rule == "by sorted order":
-        print("note: file names do not match one to one, so predictions and labels were paired in sorted order:")
-        for r in rows:
-            if r["volume"] != "mean" and r["region"] in ("whole", "weighted"):
-                print(f"  {Path(r['pred']).name} <-> {Path(r['label']).name}")
     print(format_table(rows))
     if args.out:
         print(f"wrote {write_csv(rows, args.out)} ({n} volume(s) and the mean)")

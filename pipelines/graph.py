@@ -32,7 +32,8 @@ def register(subparsers) -> None:
     gen.add_argument("--out", required=True, type=Path, default=argparse.SUPPRESS, metavar="FILE",
                      help="output graph file; the format follows the extension (.npz, .graphml, .gml, .dat, ...)")
     gen.add_argument("--size-um", nargs=3, type=float, default=list(DEFAULT_SIZE_UM), metavar=("X", "Y", "Z"),
-                     help="block size in um: lateral x, lateral y, depth z")
+                     help="block size in um: lateral x, lateral y, depth z (a block estimated above 20 million "
+                          "edges, about 9 GB of memory, is refused)")
     gen.add_argument("--seed", type=int, default=0, help="random seed (same seed, same graph)")
     gen.set_defaults(func=run_generate)
 
@@ -137,15 +138,17 @@ def run_info(args) -> int:
 
 # ----------------------------------------------------------------------- generate
 def run_generate(args) -> int:
-    from octasim.generator import CortexParams, generate_cortex
+    from octasim.generator import CortexParams, check_block_size, generate_cortex
     from octasim.graph_io import _format_for_write, write_graph
 
     size = tuple(float(v) for v in args.size_um)
     if min(size) <= 0:
         raise ValueError(f"--size-um must be three positive sizes in um, got {list(size)}")
+    params = CortexParams(size_um=size)
+    check_block_size(params, "--size-um")  # a block too large for the memory fails before the work
     _format_for_write(Path(args.out), None)  # an unknown extension fails before the work
     t0 = time.perf_counter()
-    graph = generate_cortex(CortexParams(size_um=size), seed=args.seed, progress=sys.stderr.isatty())
+    graph = generate_cortex(params, seed=args.seed, progress=sys.stderr.isatty())
     seconds = time.perf_counter() - t0
     path = write_graph(graph, args.out)
     print(f"generated {graph.n_nodes:,} nodes, {graph.n_edges:,} edges in {seconds:.1f} s (seed {args.seed}) "
@@ -179,7 +182,10 @@ def run_extract(args) -> int:
 
     params = extract_params_from_args(args)
     graph = _read(args, drop_outside=args.drop_outside)
-    patches, report = extract_patches(graph, params, progress=sys.stderr.isatty())
+    try:
+        patches, report = extract_patches(graph, params, progress=sys.stderr.isatty())
+    except ValueError as exc:  # e.g. a pillar grid too large for the memory: name the file
+        raise ValueError(f"{args.graph}: {exc}") from exc
     if not patches:
         raise NoPatchError(f"{args.graph}: no patch could be extracted.\n{report.summary()}\n"
                            f"advice: {report.advice()}")

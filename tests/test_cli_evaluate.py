@@ -9,9 +9,11 @@ from pipelines.cli import main
 from pipelines.evaluate import file_key, pair_files
 
 
-def save(path, data):
+def save(path, data, affine=None):
+    """NIfTI with a 2 um grid (affine in mm) unless ``affine`` is given."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.asarray(data), np.diag([0.002, 0.002, 0.002, 1.0])), str(path))
+    affine = np.diag([0.002, 0.002, 0.002, 1.0]) if affine is None else affine
+    nib.save(nib.Nifti1Image(np.asarray(data), affine), str(path))
     return path
 
 
@@ -33,13 +35,25 @@ def test_file_key_and_pairing_rules(tmp_path):
     assert file_key(tmp_path / "scan_label.nii") == "scan"
     preds = [tmp_path / "b_mask.nii.gz", tmp_path / "a_mask.nii.gz"]
     labels = [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"]
-    pairs, rule = pair_files(preds, labels)
-    assert rule == "by name" and [(p.name, q.name) for p, q in pairs] == [("b_mask.nii.gz", "b.nii.gz"),
-                                                                           ("a_mask.nii.gz", "a.nii.gz")]
-    pairs, rule = pair_files([tmp_path / "x.nii", tmp_path / "y.nii"], labels)
-    assert rule == "by sorted order" and pairs[0][1].name == "a.nii.gz"
-    with pytest.raises(ValueError, match="1 predictions but 2 labels"):
-        pair_files(preds[:1], labels)
+    pairs = pair_files(preds, labels)
+    assert [(p.name, q.name) for p, q in pairs] == [("b_mask.nii.gz", "b.nii.gz"), ("a_mask.nii.gz", "a.nii.gz")]
+    # one file of each: paired as given, whatever the names
+    assert pair_files([tmp_path / "x.nii"], labels[:1]) == [(tmp_path / "x.nii", labels[0])]
+    with pytest.raises(ValueError, match="1 predictions and 2 labels do not match.*without a prediction: b.nii.gz"):
+        pair_files(preds[1:], labels)
+    with pytest.raises(ValueError, match="two labels have the name 'a'"):
+        pair_files(preds, [tmp_path / "a.nii.gz", tmp_path / "a_label.nii"])
+
+
+def test_names_not_matching_one_to_one_are_refused_not_paired_in_sorted_order(tmp_path):
+    preds = [tmp_path / f"{n}.nii.gz" for n in ("scan1", "scan10", "scan2")]
+    labels = [tmp_path / f"{n}.nii.gz" for n in ("s01", "s02", "s10")]
+    with pytest.raises(ValueError) as info:
+        pair_files(preds, labels)
+    msg = str(info.value)
+    assert "3 predictions and 3 labels do not match one to one by name" in msg
+    assert "Predictions without a label: scan1.nii.gz, scan10.nii.gz, scan2.nii.gz" in msg
+    assert "Labels without a prediction: s01.nii.gz, s02.nii.gz, s10.nii.gz" in msg
 
 
 def test_known_dice_per_volume_and_mean(tmp_path, capsys):
@@ -100,20 +114,20 @@ def test_regions(tmp_path):
     assert ("mean", "weighted") in rows
 
 
-def test_sorted_order_note_and_errors(tmp_path, capsys):
+def test_pairs_printed_and_errors(tmp_path, capsys):
     pred, label = cube_pair(0)
     for name in ("x", "w"):
-        save(tmp_path / "p" / f"{name}.nii.gz", pred)
-    for name in ("y", "z"):
+        save(tmp_path / "p" / f"{name}_mask.nii.gz", pred)
         save(tmp_path / "l" / f"{name}.nii.gz", label)
     assert main(["evaluate", "--pred", str(tmp_path / "p"), "--label", str(tmp_path / "l")]) == 0
     text = capsys.readouterr().out
-    assert "sorted order" in text and "w.nii.gz <-> y.nii.gz" in text and "x.nii.gz <-> z.nii.gz" in text
+    assert "w_mask.nii.gz <-> w.nii.gz" in text and "x_mask.nii.gz <-> x.nii.gz" in text
     save(tmp_path / "l" / "v.nii.gz", label)
     assert main(["evaluate", "--pred", str(tmp_path / "p"), "--label", str(tmp_path / "l")]) == 2
-    assert "2 predictions but 3 labels" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "2 predictions and 3 labels do not match" in err and "without a prediction: v.nii.gz" in err
     save(tmp_path / "small.nii.gz", label[:8])
-    assert main(["evaluate", "--pred", str(tmp_path / "p" / "x.nii.gz"), "--label",
+    assert main(["evaluate", "--pred", str(tmp_path / "p" / "x_mask.nii.gz"), "--label",
                  str(tmp_path / "small.nii.gz")]) == 2
     err = capsys.readouterr().err
     assert "shape" in err and "small.nii.gz" in err
@@ -134,3 +148,62 @@ def test_segment_then_evaluate(tmp_path):
                  "--label", str(tmp_path / "labels"), "--out", str(out)]) == 0
     rows = read_csv(out)
     assert len(rows) == 3 and all(float(r["dice"]) > 0.95 and float(r["roc_auc"]) > 0.99 for r in rows)
+
+
+def test_integer_label_minus_one_counts_as_vessel(tmp_path):
+    pred, label = cube_pair(0)
+    save(tmp_path / "p.nii.gz", pred)
+    save(tmp_path / "l.nii.gz", -label.astype(np.int16))  # vessel stored as -1
+    out = tmp_path / "r.csv"
+    assert main(["evaluate", "--pred", str(tmp_path / "p.nii.gz"), "--label", str(tmp_path / "l.nii.gz"),
+                 "--out", str(out), "--no-topology"]) == 0
+    row = read_csv(out)[0]
+    assert float(row["dice"]) == 1.0 and float(row["recall"]) == 1.0
+
+
+def test_flipped_prediction_is_refused_then_resampled(tmp_path, capsys):
+    pred, label = cube_pair(0)
+    label[2:10, 2:4, 2:10] = 0  # not symmetric in any axis
+    pred = label[::-1].copy()  # same world content, first axis stored the other way round
+    flipped = np.diag([-0.002, 0.002, 0.002, 1.0])
+    flipped[0, 3] = 15 * 0.002  # voxel 0 of the prediction is voxel 15 of the label
+    save(tmp_path / "seg" / "a_mask.nii.gz", pred, flipped)
+    save(tmp_path / "lab" / "a.nii.gz", label)
+    args = ["evaluate", "--pred", str(tmp_path / "seg"), "--label", str(tmp_path / "lab"), "--no-topology"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "a_mask.nii.gz and its label" in err and "a.nii.gz" in err and "not on the same voxel grid" in err
+    assert "orientation LAS vs RAS" in err and "origin" in err and "--resample-pred" in err
+    out = tmp_path / "r.csv"
+    assert main(args + ["--resample-pred", "--out", str(out)]) == 0
+    assert "resampled a_mask.nii.gz onto the grid of a.nii.gz" in capsys.readouterr().out
+    assert float(read_csv(out)[0]["dice"]) == 1.0
+
+
+def test_prediction_with_other_voxel_size_is_refused_then_resampled(tmp_path, capsys):
+    pred, label = cube_pair(0)
+    coarse = np.diag([0.004, 0.004, 0.004, 1.0])
+    coarse[:3, 3] = 0.001  # centre of coarse voxel p lies between fine voxels 2p and 2p + 1
+    save(tmp_path / "p.nii.gz", label[::2, ::2, ::2], coarse)
+    prob = np.where(label[::2, ::2, ::2] > 0, 0.9, 0.1).astype(np.float32)
+    save(tmp_path / "p_prob.nii.gz", prob, coarse)
+    save(tmp_path / "l.nii.gz", label)
+    args = ["evaluate", "--pred", str(tmp_path / "p.nii.gz"), "--label", str(tmp_path / "l.nii.gz"),
+            "--prob", str(tmp_path / "p_prob.nii.gz"), "--no-topology"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "p.nii.gz and its label" in err and "voxel size (4, 4, 4) um vs (2, 2, 2) um" in err
+    assert "shape (8, 8, 8) vs (16, 16, 16)" in err
+    out = tmp_path / "r.csv"
+    assert main(args + ["--resample-pred", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "resampled p.nii.gz" in text and "resampled p_prob.nii.gz" in text
+    row = read_csv(out)[0]
+    assert float(row["dice"]) == 1.0 and float(row["roc_auc"]) == 1.0
+
+
+def test_resample_pred_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = capsys.readouterr().out
+    assert "--resample-pred" in text and "nearest neighbour" in text and "sorted order" not in text

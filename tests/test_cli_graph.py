@@ -126,3 +126,34 @@ def test_real_vesselgraph_example_info_and_extract(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["report"]["n_patches"] == len(list(out.glob("patch_*.npz"))) >= 1
     assert summary["voxel_size_um"] == 1.0
+
+
+def test_generate_refuses_a_block_too_large_for_the_memory(tmp_path, capsys, monkeypatch):
+    import octasim.generator as gen
+
+    def started(*args, **kwargs):
+        raise AssertionError("generation started: the size must be checked first")
+
+    monkeypatch.setattr(gen, "_hex_points", started)
+    out = tmp_path / "huge.npz"
+    assert main(["graph", "generate", "--out", str(out), "--size-um", "200000", "200000", "1200"]) == 2
+    err = capsys.readouterr().err
+    assert "--size-um 200000 200000 1200" in err and "2.61e+09 vessel edges" in err
+    assert "limit is 20,000,000 edges" in err and not out.exists()
+
+
+@pytest.mark.parametrize("command", ["info", "extract"])
+def test_huge_coordinates_are_a_clear_error(tmp_path, capsys, command):
+    path = tmp_path / "huge.npz"
+    nodes = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 5.0], [1e30, 1e30, 5.0]])
+    np.savez(path, nodes=nodes, edges=np.array([[0, 1], [1, 2]]), radius=np.array([2.0, 2.0]))
+    extra = ["--out", str(tmp_path / "patches")] if command == "extract" else []
+    assert main(["graph", command, str(path), *extra]) == 2
+    err = capsys.readouterr().err
+    assert "huge.npz: 1 node(s) with coordinates beyond +-1e+07 um (10 m)" in err
+
+
+def test_extract_refuses_a_pillar_grid_too_large_and_names_the_file(small_block, tmp_path, capsys):
+    code = main(["graph", "extract", str(small_block), "--out", str(tmp_path / "p"), "--fov-um", "1e-4", "1e-4", "200"])
+    err = capsys.readouterr().err
+    assert code == 2 and "block.npz: the graph spans" in err and "limit 10,000,000" in err and "--fov-um" in err

@@ -211,3 +211,10 @@ def test_advice_names_the_voxel_size_the_graph_was_read_with():
     assert patches == []
     advice = report.advice()
     assert "Units look wrong" in advice and "voxel size of 1 um" in advice and "--voxel-size" in advice
+
+
+def test_pillar_grid_too_large_is_refused_before_allocating():
+    g, _ = five_pillar_graph()
+    with pytest.raises(ValueError, match=r"spans 494.7 x 89.28 um laterally, which makes 4.42e\+10 pillars of "
+                                         r"0\.001 x 0\.001 um .*limit 10,000,000.*--fov-um"):
+        extract_patches(g, ExtractParams(fov_um=(1e-3, 1e-3, 500.0)))

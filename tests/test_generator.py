@@ -169,3 +169,23 @@ def test_shipped_example_matches_generator():
     np.testing.assert_allclose(shipped.radius, fresh.radius, rtol=0, atol=1e-9)
     np.testing.assert_array_equal(shipped.edge_attrs["kind"], fresh.edge_attrs["kind"])
     assert shipped.meta["seed"] == 0 and shipped.meta["params"]["size_um"] == [600.0, 600.0, 600.0]
+
+
+def test_edge_estimate_matches_a_generated_block():
+    from octasim.generator import estimate_edges
+
+    p = CortexParams(size_um=(1000.0, 800.0, 600.0))
+    n = generate_cortex(p, seed=1).n_edges
+    assert 0.85 * n < estimate_edges(p) < 1.15 * n
+
+
+def test_too_large_block_is_refused_before_any_work(monkeypatch):
+    import octasim.generator as gen
+
+    def started(*args, **kwargs):
+        raise AssertionError("generation started: the size must be checked first")
+
+    monkeypatch.setattr(gen, "_hex_points", started)
+    with pytest.raises(ValueError, match=r"size_um 200000 200000 1200: a block of 4.8e\+04 mm\^3 would hold about "
+                                         r"2.61e\+09 vessel edges .*limit is 20,000,000 edges"):
+        generate_cortex(CortexParams(size_um=(200000.0, 200000.0, 1200.0)))

@@ -185,6 +185,9 @@ def test_from_networkx_missing_attributes():
     ([(0, 0, 0), (1, 0, 0)], [(0, 1)], [0.0], "radius"),
     ([(0, 0, 0), (1, 0, 0)], [(0, 1)], [-2.0], "radius"),
     ([(0, 0, 0), (1, 0, 0)], [(0, 1)], [np.nan], "radius"),
+    ([(0, 0, 0), (1e18, 0, 0)], [(0, 1)], [1.0], r"coordinates beyond \+-1e\+07 um \(10 m\)"),
+    ([(0, 0, 0), (0, 0, -1e30)], [(0, 1)], [1.0], r"1 node\(s\) with coordinates beyond"),
+    ([(0, 0, 0), (1, 0, 0)], [(0, 1)], [1e18], r"radius above 1e\+07 um"),
 ])
 def test_validate_errors_name_the_source(nodes, edges, radius, message):
     g = VesselGraph(nodes, edges, radius)

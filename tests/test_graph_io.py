@@ -510,3 +510,52 @@ def test_npz_meta_is_json(graph, tmp_path):
     with np.load(path, allow_pickle=False) as z:
         assert json.loads(str(z["meta"])) == graph.meta
         assert {"nodes", "edges", "radius", "node_attr__region", "edge_attr__label"} <= set(z.files)
+
+
+@pytest.mark.parametrize("old, new, pattern", [
+    # fewer segments announced than rows: the third row used to be dropped silently
+    ("2 total number of segments", "1 total number of segments",
+     r"net\.dat, line 7: announces 1 segments but 2 rows follow its header \(lines 9-10"),
+    ("3 total number of nodes", "2 total number of nodes",
+     r"net\.dat, line 11: announces 2 nodes but 3 rows follow its header \(lines 13-15"),
+    # more announced than rows
+    ("2 total number of segments", "3 total number of segments",
+     r"net\.dat, line 7: announces 3 segments but the segments section holds only 2 row\(s\)"),
+])
+def test_secomb_section_count_must_match_its_rows(tmp_path, old, new, pattern):
+    path = tmp_path / "net.dat"
+    path.write_text(SECOMB_OK.replace(old, new))
+    with pytest.raises(GraphError, match=pattern):
+        read_graph(path)
+
+
+def test_secomb_extra_rows_before_a_later_section_are_refused(tmp_path):
+    path = tmp_path / "net.dat"
+    path.write_text(SECOMB_OK.replace("3 total number of nodes", "2 total number of nodes")
+                    + "1 total number of boundary nodes\nname bctyp bcprfl bchd\n1 0 50 0.45\n")
+    with pytest.raises(GraphError, match=r"announces 2 nodes but 3 rows follow its header \(lines 13-15"):
+        read_graph(path)
+
+
+@pytest.mark.parametrize("value", ["1e18", "1e30", "-1e30"])
+def test_huge_coordinates_are_refused_on_reading(tmp_path, value):
+    path = tmp_path / "net.dat"
+    path.write_text(SECOMB_OK.replace("3 10 10 0", f"3 {value} {value} 0"))
+    with pytest.raises(GraphError, match=r"net\.dat: 1 node\(s\) with coordinates beyond \+-1e\+07 um"):
+        read_graph(path)
+    npz = tmp_path / "g.npz"
+    np.savez(npz, nodes=np.array([[0.0, 0, 0], [float(value), 0, 0]]), edges=np.array([[0, 1]]),
+             radius=np.array([2.0]))
+    with pytest.raises(GraphError, match=r"g\.npz: 1 node\(s\) with coordinates beyond"):
+        read_graph(npz)
+
+
+def test_voxel_size_scaling_can_push_coordinates_beyond_the_limit(tmp_path):
+    folder = tmp_path / "cm"
+    folder.mkdir()
+    np.save(folder / "vertices.npy", np.array([[0.0, 0, 0], [2e6, 0, 0]]))
+    np.save(folder / "edges.npy", np.array([[0, 1]]))
+    np.save(folder / "radius_for_edges.npy", np.array([1.0]))
+    assert read_graph(folder).n_nodes == 2
+    with pytest.raises(GraphError, match="beyond"):
+        read_graph(folder, voxel_size_um=10.0)

@@ -81,3 +81,21 @@ def test_tiff_input_gets_a_conversion_hint(tmp_path):
     (tmp_path / "stack.tif").write_bytes(b"II*\x00")
     with pytest.raises(VolumeError, match="octasim convert"):
         read_volume(tmp_path / "stack.tif")
+
+
+def test_grid_comparison_in_um_whatever_the_header_unit(tmp_path):
+    from octasim.nifti import affine_um, grid_differences, read_volume
+
+    data = np.zeros((4, 5, 6), np.uint8)
+    mm = nib.Nifti1Image(data, np.diag([0.002, 0.002, 0.005, 1.0]))
+    mm.header.set_xyzt_units("mm")
+    um = nib.Nifti1Image(data, np.diag([2.0, 2.0, 5.0, 1.0]))
+    um.header.set_xyzt_units("micron")
+    nib.save(mm, str(tmp_path / "mm.nii.gz"))
+    nib.save(um, str(tmp_path / "um.nii.gz"))
+    a, b = affine_um(read_volume(tmp_path / "mm.nii.gz")), affine_um(read_volume(tmp_path / "um.nii.gz"))
+    assert grid_differences(a, b) == []
+    b[0, 3] += 0.01  # 1/200 of a voxel: beyond the 1e-3 voxel tolerance
+    assert grid_differences(a, b) == ["origin (centre of voxel 0, 0, 0) at (0, 0, 0) um vs (0.01, 0, 0) um"]
+    b[0, 3] = 0.001  # 1/2000 of a voxel: within it
+    assert grid_differences(a, b) == []

@@ -215,3 +215,10 @@ def test_bad_input_raises():
     bad = tube((0.0, np.nan, 0.0), (5.0, 5.0, 5.0), 1.0)
     with pytest.raises(GraphError, match="edge 0"):
         voxelize(bad, (10, 10, 10), 1.0)
+
+
+@pytest.mark.parametrize("far", [1e18, 1e30])
+def test_huge_edge_refused_before_allocating(far):
+    g = graph([((0.0, 0.0, 0.0), (far, far, 5.0), 2.0), ((0.0, 0.0, 0.0), (10.0, 10.0, 10.0), 2.0)])
+    with pytest.raises(GraphError, match=r"cannot voxelize: the edges would be cut into .* pieces .*limit 10,000,000"):
+        voxelize(g, (16, 16, 16), 2.0)
