@@ -93,6 +93,9 @@ class SynthConfig:
                         person labels the acquired stack: a voxel is vessel when any vessel voxel lies
                         in the same scanner cell (lateral step x slice spacing), e.g. a lateral
                         capillary 5 um tall fills the whole 5 um slice(s) it touches.
+    voxel_size_log:     False (default): a voxel-size range is drawn uniformly. True: log-uniformly,
+                        so every octave of scale (1-2, 2-4, 4-8 um) is drawn equally often; vessel
+                        widths in voxels then cover a wide range evenly (scale-robust training).
     """
 
     profile: str | dict = "paper"
@@ -109,6 +112,7 @@ class SynthConfig:
     pial_radius_min_um: float | list[float] | None = None
     label_min_occupancy: float | None = None
     label_acquisition: bool = False
+    voxel_size_log: bool = False
 
     def __post_init__(self) -> None:
         shape = np.atleast_1d(np.asarray(self.shape, dtype=int)).tolist()
@@ -132,6 +136,7 @@ class SynthConfig:
             self.label_min_occupancy = float(self.label_min_occupancy)
             if not 0.0 < self.label_min_occupancy <= 1.0:
                 raise ValueError(f"label_min_occupancy must be in (0, 1] or None, got {self.label_min_occupancy}")
+        self.voxel_size_log = bool(self.voxel_size_log)
         self.seed = int(self.seed)
         if self.graph is not None:
             self.graph = str(self.graph)
@@ -153,9 +158,10 @@ class SynthConfig:
 
     @property
     def nominal_voxel_size_um(self) -> float:
-        """The voxel size (um) a dataset records: the fixed value, or the middle of a range."""
+        """The voxel size (um) a dataset records: the fixed value, or the middle of a range (the
+        geometric middle when drawn log-uniformly)."""
         lo, hi = _bounds(self.voxel_size_um)
-        return 0.5 * (lo + hi)
+        return float(np.sqrt(lo * hi)) if self.voxel_size_log else 0.5 * (lo + hi)
 
     @property
     def fixed_geometry(self) -> bool:
@@ -201,7 +207,7 @@ class SynthConfig:
 
 #: SynthConfig keys omitted from ``to_dict`` at these default values
 _OPTIONAL_DEFAULTS = {"depth_offset_um": 0.0, "pial_radius_min_um": None, "label_min_occupancy": None,
-                      "label_acquisition": False}
+                      "label_acquisition": False, "voxel_size_log": False}
 
 
 def _value_or_range(value, name: str) -> float | list[float]:
@@ -224,10 +230,12 @@ def _bounds(value: float | list[float]) -> tuple[float, float]:
     return (float(value[0]), float(value[1])) if isinstance(value, list) else (float(value), float(value))
 
 
-def _draw(value: float | list[float], rng: np.random.Generator) -> float:
-    """A fixed value, or uniform in [lo, hi]."""
+def _draw(value: float | list[float], rng: np.random.Generator, log: bool = False) -> float:
+    """A fixed value, or uniform in [lo, hi] (``log``: uniform in log space; lo must be > 0)."""
     lo, hi = _bounds(value)
-    return lo if lo == hi else float(rng.uniform(lo, hi))
+    if lo == hi:
+        return lo
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if log else float(rng.uniform(lo, hi))
 
 
 # --------------------------------------------------------------------------- seeds
@@ -508,7 +516,7 @@ def render_sample(config: SynthConfig, index: int, patch_source=None) -> Sample:
     # spawn(4)[:3] == spawn(3): the geometry stream leaves the reference streams unchanged
     patch_ss, param_ss, sim_ss, geo_ss = np.random.SeedSequence(seed).spawn(4)
     rng_geo = np.random.default_rng(geo_ss)
-    vs = _draw(config.voxel_size_um, rng_geo)
+    vs = _draw(config.voxel_size_um, rng_geo, log=config.voxel_size_log)
     depth = _draw(config.depth_offset_um, rng_geo)
     pial = None if config.pial_radius_min_um is None else _draw(config.pial_radius_min_um, rng_geo)
     fov = config.fov_for(vs)

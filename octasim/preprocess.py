@@ -10,13 +10,15 @@ from typing import Sequence
 import numpy as np
 
 DEPTH_AXES = {"i": 0, "j": 1, "k": 2}
+#: percentiles (%) clipped and scaled to [0, 1] before the network sees a scan, unless a checkpoint says otherwise
+CLIP_PERCENTILES = (0.5, 99.5)
 
 
 class PreprocessError(ValueError):
     """An image cannot be normalized (e.g. all voxels equal)."""
 
 
-def normalize_percentiles(volume: np.ndarray, clip_percentiles: Sequence[float] = (0.5, 99.5)) -> np.ndarray:
+def normalize_percentiles(volume: np.ndarray, clip_percentiles: Sequence[float] = CLIP_PERCENTILES) -> np.ndarray:
     """Clip to the given percentiles and scale to [0, 1] (float32, a new array).
 
     When the two percentiles coincide (a sparse image, mostly background), the upper bound falls

@@ -14,11 +14,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from octasim.nifti import NIFTI_SUFFIXES, list_volumes, read_volume, write_volume
-from octasim.preprocess import (from_depth_last, normalize_percentiles, resample, resampled_shape,
+from octasim.preprocess import (CLIP_PERCENTILES, normalize_percentiles, resample, resampled_shape,
                                 to_depth_last)
 
 METHODS = ("unet", "otsu", "frangi")
-DEFAULT_CLIP_PERCENTILES = (0.5, 99.5)
+DEFAULT_CLIP_PERCENTILES = CLIP_PERCENTILES
 #: Frangi scales (um): capillaries (r 2-3 um) up to penetrating and pial vessels.
 DEFAULT_FRANGI_SIGMAS_UM = (2.0, 4.0, 8.0)
 
@@ -50,29 +50,6 @@ def remove_small_components(mask: np.ndarray, spacing_um: Sequence[float], min_v
     return keep[labels].astype(np.uint8)
 
 
-def _predictor(model, tta: bool, device):
-    """Window batch (N, 1, i, j, k) -> vessel probability, float32; TTA averages lateral flips."""
-    import torch
-
-    channels_last = device.type == "cpu"  # oneDNN's 3D convolutions are faster in NDHWC on CPU
-    flips = [(), (2,), (3,), (2, 3)] if tta else [()]  # i and j only: depth (k) is never flipped
-
-    def predict(x):
-        n = x.shape[0]
-        batch = torch.cat([x.flip(f) if f else x for f in flips]) if tta else x
-        if channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last_3d)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
-            logits = model(batch)
-        prob = torch.sigmoid(logits.float()).contiguous()
-        if not tta:
-            return prob
-        parts = prob.split(n)
-        return sum(p.flip(f) if f else p for p, f in zip(parts, flips)) / len(flips)
-
-    return predict
-
-
 def prepare_model(state: dict[str, Any], device: str = "auto"):
     """Build the checkpoint's network on a device for :func:`segment_volume` (returns model, device)."""
     import torch
@@ -88,22 +65,22 @@ def prepare_model(state: dict[str, Any], device: str = "auto"):
 
 def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[str, Any], device: str = "auto",
                    overlap: float = 0.5, threshold: float | None = None, sw_batch_size: int = 4, tta: bool = False,
-                   depth_axis: str = "k", min_component_um3: float = 0.0, model=None) -> tuple[np.ndarray, np.ndarray]:
+                   depth_axis: str = "k", min_component_um3: float = 0.0, model=None,
+                   views_um: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """U-Net vessel probability and mask for a 3D scan, both with the scan's shape.
 
-    Steps: percentile clipping and scaling to [0, 1] (the checkpoint's ``preprocessing``); depth
-    axis moved to k; resampling from ``spacing_um`` (um per voxel along i, j, k; may be anisotropic)
-    to the checkpoint's training voxel size; MONAI sliding-window inference (window = the checkpoint's
-    ``patch_size``, Gaussian blending, ``sw_batch_size`` windows per forward pass, ``overlap`` as a
-    fraction of the window) under ``torch.inference_mode`` with float16 autocast on CUDA and fp32 on
-    CPU; optional test-time augmentation averaging flips along the two lateral axes; resampling of the
-    probability back to the input grid; threshold (default: the checkpoint's, else 0.5); optional
-    removal of 26-connected components smaller than ``min_component_um3`` um^3.
+    The probability comes from :func:`octasim.inference.predict_probability` (the path validation and
+    threshold calibration use too): percentile scaling, depth axis moved to k, resampling from
+    ``spacing_um`` (um per voxel along i, j, k; may be anisotropic) to each view of the image pyramid
+    (``views_um``, default: the checkpoint's training grid and coarser views for wide vessels),
+    sliding-window inference (``overlap`` as a fraction of the window, ``sw_batch_size`` windows per
+    forward pass, float16 autocast on CUDA, fp32 on CPU, ``tta``: average over lateral flips), fusion
+    of the views, resampling back. Then the threshold (default: the checkpoint's, else 0.5) and
+    optional removal of 26-connected components smaller than ``min_component_um3`` um^3.
     ``model`` (from :func:`prepare_model`) avoids rebuilding the network for every volume.
     Returns (probability float32 in [0, 1], mask uint8 in {0, 1}).
     """
-    import torch
-    from monai.inferers import sliding_window_inference
+    from octasim.inference import ModelGrid, predict_probability
 
     spacing = _check_spacing(spacing_um)
     if not 0.0 <= overlap < 1.0:
@@ -117,23 +94,8 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
     else:
         dev = next(model.parameters()).device
     threshold = float(state.get("threshold", 0.5) if threshold is None else threshold)
-
-    image = normalize_percentiles(volume, _clip_percentiles(state))
-    image, spacing_dl = to_depth_last(image, spacing, depth_axis)
-    train_um = state.get("voxel_size_um", 2.0)
-    grid_shape = resampled_shape(image.shape, spacing_dl, train_um)
-    net_in = resample(image, grid_shape)
-    roi = tuple(int(s) for s in np.broadcast_to(np.asarray(state.get("patch_size", (64, 64, 64))), (3,)))
-
-    with torch.inference_mode():
-        x = torch.from_numpy(np.ascontiguousarray(net_in))[None, None].to(dev)
-        prob_t = sliding_window_inference(x, roi, sw_batch_size, _predictor(model, tta, dev), overlap=overlap,
-                                          mode="gaussian", sw_device=dev, device=dev)
-        prob = prob_t[0, 0].float().cpu().numpy()
-    del x, prob_t
-    prob = resample(prob, image.shape)  # back to the input grid (depth-last order)
-    np.clip(prob, 0.0, 1.0, out=prob)
-    prob = np.ascontiguousarray(from_depth_last(prob, depth_axis))
+    prob = predict_probability(model, volume, spacing, ModelGrid.from_checkpoint(state), dev, overlap=overlap,
+                               sw_batch_size=sw_batch_size, tta=tta, depth_axis=depth_axis, views_um=views_um)
     mask = remove_small_components(prob > threshold, spacing, min_component_um3)
     return prob, mask
 
@@ -212,20 +174,35 @@ def output_stem(path: str | Path) -> str:
     return name
 
 
+#: suffixes of the files ``segment_files`` writes (``<name>_prob.nii.gz``, ``<name>_mask.nii.gz``)
+OUTPUT_SUFFIXES = ("_prob", "_mask")
+
+
+def input_volumes(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+    """(scans to segment, skipped files): NIfTI files given or found in folders, without octasim's own
+    outputs (``*_prob`` / ``*_mask``), so that segmenting a folder twice never segments its results."""
+    paths = list_volumes(inputs)
+    skipped = [p for p in paths if output_stem(p).endswith(OUTPUT_SUFFIXES)]
+    return [p for p in paths if p not in skipped], skipped
+
+
 def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str | Path | dict | None = None,
                   method: str = "unet", threshold: float | None = None, overlap: float = 0.5,
                   sw_batch_size: int = 4, tta: bool = False, min_component_um3: float = 0.0,
                   depth_axis: str = "k", device: str = "auto", voxel_size_um: Sequence[float] | None = None,
-                  sigmas_um: Sequence[float] = DEFAULT_FRANGI_SIGMAS_UM, progress: bool | None = None) -> list[SegmentResult]:
+                  sigmas_um: Sequence[float] = DEFAULT_FRANGI_SIGMAS_UM, progress: bool | None = None,
+                  views_um: Sequence[float] | None = None, overwrite: bool = False) -> list[SegmentResult]:
     """Segment NIfTI files (or folders of them) and write, per input, into ``out_dir``:
     ``<name>_prob.nii.gz`` (float32), ``<name>_mask.nii.gz`` (uint8), both with the input's affine
     and header, and ``<name>_qc.png`` (mask over orthogonal slices).
 
-    ``model``: checkpoint path or loaded checkpoint dict (required for ``method='unet'``; for the
-    baselines it only supplies the clip percentiles). ``voxel_size_um`` (i, j, k) overrides the
-    headers. A failing input is recorded in its result (``error``) and the others go on; every file
-    is written atomically, so nothing is half-written. Raises ValueError only for problems that
-    concern all inputs (no inputs, unknown method, missing / incompatible checkpoint).
+    ``model``: checkpoint path, bundled model name or loaded checkpoint dict; None: the default bundled
+    model (for the baselines it only supplies the clip percentiles). ``views_um``: the pyramid's
+    voxel sizes (um), default the model's. ``voxel_size_um`` (i, j, k) overrides the headers. Files
+    named like our outputs (``*_prob``, ``*_mask``) are not taken as inputs; existing outputs are
+    refused unless ``overwrite``. A failing input is recorded in its result (``error``) and the others
+    go on; every file is written atomically, so nothing is half-written. Raises ValueError only for
+    problems that concern all inputs (no inputs, unknown method, missing / incompatible checkpoint).
     """
     from tqdm.auto import tqdm
 
@@ -234,9 +211,10 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    paths = list_volumes(inputs)
+    paths, skipped = input_volumes(inputs)
     if not paths:
-        raise ValueError(f"no .nii / .nii.gz files found in {', '.join(map(str, inputs))}")
+        extra = f" besides octasim's own outputs ({', '.join(p.name for p in skipped)})" if skipped else ""
+        raise ValueError(f"no .nii / .nii.gz files found in {', '.join(map(str, inputs))}{extra}")
     stems = [output_stem(p) for p in paths]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
@@ -244,19 +222,23 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
                          "each other (segment them into different --out folders)")
     if voxel_size_um is not None:
         voxel_size_um = _check_spacing(voxel_size_um)
+    out_dir = Path(out_dir)
+    existing = [out_dir / f"{stem}{suffix}.nii.gz" for stem in stems for suffix in OUTPUT_SUFFIXES
+                if (out_dir / f"{stem}{suffix}.nii.gz").exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{existing[0]}{f' and {len(existing) - 1} more' if len(existing) > 1 else ''} "
+                         "already exist(s) from an earlier run; pass --overwrite to replace them or choose "
+                         "another --out folder")
     state = None
-    if model is not None:
-        state = model if isinstance(model, dict) else load_checkpoint(model)
+    if model is not None or method == "unet":
+        from octasim.models import resolve_model
+        state = model if isinstance(model, dict) else load_checkpoint(resolve_model(model))
     net = None
     if method == "unet":
-        if state is None:
-            raise ValueError("--method unet needs a trained model: pass --model runs/NAME/best.pt "
-                             "(or use --method otsu / frangi)")
         try:
             net, _ = prepare_model(state, device)
         except CheckpointError as exc:
             raise CheckpointError(f"{model if not isinstance(model, dict) else 'checkpoint'}: {exc}") from exc
-    out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -273,7 +255,7 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
             if method == "unet":
                 prob, mask = segment_volume(vol.data, spacing, state, overlap=overlap, threshold=threshold,
                                             sw_batch_size=sw_batch_size, tta=tta, depth_axis=depth_axis,
-                                            min_component_um3=min_component_um3, model=net)
+                                            min_component_um3=min_component_um3, model=net, views_um=views_um)
             elif method == "otsu":
                 prob, mask = otsu_segment(vol.data, spacing, threshold, _clip_percentiles(state), min_component_um3)
             else:

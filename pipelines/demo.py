@@ -1,7 +1,8 @@
 """``octasim demo``: the whole pipeline on the embedded default, end to end, in minutes on a CPU.
 
 generate synthetic OCTA (procedural cortex) -> train the default U-Net -> segment held-out
-synthetic scans -> evaluate, printing the Dice and where every output and QC picture is.
+synthetic OCTA and two-photon scans with the freshly trained model and with the bundled model ->
+evaluate, printing both models' Dice / clDice and where every output and QC picture is.
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import argparse
 import csv
 import time
 from pathlib import Path
+
+from octasim.models import DEFAULT_MODEL
 
 
 def register(subparsers) -> None:
@@ -46,9 +49,12 @@ def run(args: argparse.Namespace) -> int:
     shape = str(args.shape)
     started = time.perf_counter()
 
-    t = _step("1/4 generate: synthetic OCTA volumes with exact labels from procedural mouse cortex")
-    for name, n, seed in (("train", args.n_train, args.seed), ("test", args.n_test, args.seed + 1000)):
-        rc = octasim(["generate", "--out", str(out / f"data_{name}"), "--n", str(n), "--profile", args.profile,
+    t = _step("1/4 generate: synthetic volumes with exact labels from procedural mouse cortex")
+    test_profiles = [args.profile] + [p for p in ("two-photon",) if p != args.profile]
+    sets = [("train", args.profile, args.n_train, args.seed)]
+    sets += [(f"test_{p}", p, args.n_test, args.seed + 1000 + n) for n, p in enumerate(test_profiles)]
+    for name, profile, n, seed in sets:
+        rc = octasim(["generate", "--out", str(out / f"data_{name}"), "--n", str(n), "--profile", profile,
                       "--shape", shape, "--voxel-size", str(args.voxel_size), "--seed", str(seed),
                       "--workers", str(args.workers)])
         if rc:
@@ -64,28 +70,38 @@ def run(args: argparse.Namespace) -> int:
         return rc
     print(f"    {time.perf_counter() - t:.0f} s")
 
-    t = _step("3/4 segment: sliding-window inference on the held-out synthetic scans")
-    rc = octasim(["segment", str(out / "data_test" / "images"), "--model", str(run_dir / "best.pt"),
-                  "--out", str(out / "segmentation"), "--device", args.device])
-    if rc:
-        return rc
+    t = _step("3/4 segment: the held-out scans, with the fresh model and with the bundled model")
+    models = [("fresh", str(run_dir / "best.pt")), ("bundled", DEFAULT_MODEL)]
+    for profile in test_profiles:
+        for label, model in models:
+            rc = octasim(["segment", str(out / f"data_test_{profile}" / "images"), "--model", model,
+                          "--out", str(out / f"segmentation_{label}_{profile}"), "--device", args.device,
+                          "--overwrite"])
+            if rc:
+                return rc
     print(f"    {time.perf_counter() - t:.0f} s")
 
     t = _step("4/4 evaluate: Dice, clDice and topology errors against the exact labels")
-    results = out / "results.csv"
-    rc = octasim(["evaluate", "--pred", str(out / "segmentation"), "--prob", str(out / "segmentation"),
-                  "--label", str(out / "data_test" / "labels"),
-                  "--out", str(results)])
-    if rc:
-        return rc
-    mean = _mean_row(results)
-    print(f"\nDemo finished in {(time.perf_counter() - started) / 60:.1f} min.")
-    if mean:
-        print(f"Held-out synthetic {args.profile} volumes: Dice {float(mean['dice']):.3f}, "
-              f"clDice {float(mean['cldice']):.3f}")
+    table = []
+    for profile in test_profiles:
+        for label, _ in models:
+            seg = out / f"segmentation_{label}_{profile}"
+            results = out / f"results_{label}_{profile}.csv"
+            rc = octasim(["evaluate", "--pred", str(seg), "--prob", str(seg),
+                          "--label", str(out / f"data_test_{profile}" / "labels"), "--out", str(results)])
+            if rc:
+                return rc
+            table.append((profile, label, _mean_row(results) or {}))
+    print(f"\nDemo finished in {(time.perf_counter() - started) / 60:.1f} min. Held-out synthetic volumes "
+          f"({args.n_test} per profile), mean over volumes:")
+    print(f"  {'profile':<12} {'model':<40} {'Dice':>6} {'clDice':>7}")
+    for profile, label, mean in table:
+        name = f"{label} ({run_dir / 'best.pt' if label == 'fresh' else DEFAULT_MODEL})"
+        print(f"  {profile:<12} {name:<40} {float(mean.get('dice', 'nan')):>6.3f} "
+              f"{float(mean.get('cldice', 'nan')):>7.3f}")
     print(f"Outputs:\n  training data + QC pictures: {out / 'data_train'} (qc/*.png, contact_sheet.png)\n"
           f"  model and curves:            {run_dir} (best.pt, metrics.csv, *.png)\n"
-          f"  segmentations + QC overlays: {out / 'segmentation'}\n  metrics:                     {results}")
+          f"  segmentations + QC overlays: {out}/segmentation_*\n  metrics:                     {out}/results_*.csv")
     return 0
 
 

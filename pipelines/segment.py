@@ -4,24 +4,31 @@ from __future__ import annotations
 import argparse
 import sys
 
+from octasim.models import DEFAULT_MODEL
+
 METHODS = ("unet", "otsu", "frangi")  # as octasim.segment.METHODS (not imported here: keeps --help fast)
 FRANGI_SIGMAS_UM = [2.0, 4.0, 8.0]  # as octasim.segment.DEFAULT_FRANGI_SIGMAS_UM
+
 
 DESCRIPTION = """\
 Segment vessels in 3D scans (.nii / .nii.gz files, or folders of them). For each input NAME,
 writes NAME_prob.nii.gz (float32 probability / score), NAME_mask.nii.gz (uint8 0/1), both with
 the input's affine and header, and NAME_qc.png (the mask over orthogonal slices) into --out.
+Without --model it uses the bundled model (data/models/, see its README): no training needed.
 
-The U-Net method applies the checkpoint's preprocessing (percentile clipping, scaling to [0, 1]),
-resamples the scan from its header voxel size to the model's training voxel size and back
-(anisotropic scans such as 1 x 1 x 5 um work) and runs sliding-window inference with Gaussian
-blending. Baselines: --method otsu (Otsu threshold of the normalized image) and --method frangi
+The U-Net method applies the model's preprocessing (percentile clipping, scaling to [0, 1]),
+resamples the scan from its header voxel size to the model's training voxel size (anisotropic
+scans such as 1 x 1 x 5 um work) and to coarser views of an image pyramid (so that vessels wider
+than the network's window are seen whole; a coarse view adds only the inside of what it calls
+vessel), mirrors stacks shallower than the window, runs sliding-window inference with Gaussian
+blending and resamples the probability back to the scan. Baselines: --method otsu (Otsu threshold of the normalized image) and --method frangi
 (Frangi vesselness for bright vessels, then Otsu); with them, --threshold is a fixed threshold on
 the normalized image / vesselness (0-1) instead of Otsu's.
 
 A failing input is reported and the others are still segmented; the exit status is then 1.
 
 examples:
+  octasim segment scan.nii.gz --out seg/                 # the bundled model
   octasim segment scans/ --model runs/default/best.pt --out seg/
   octasim segment scan.nii.gz --model runs/default/best.pt --out seg/ --tta --min-component-um3 500
   octasim segment stack.nii.gz --method otsu --out seg_otsu/ --voxel-size 0.994 0.994 5
@@ -34,7 +41,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("segment", help="segment vessels in NIfTI scans (U-Net, Otsu or Frangi)",
                               description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI files (.nii / .nii.gz) or folders of them")
-    p.add_argument("--model", help="trained checkpoint (runs/NAME/best.pt); required for --method unet")
+    p.add_argument("--model", default=None,
+                   help="trained checkpoint (runs/NAME/best.pt) or the name of a bundled model in data/models/; "
+                        "default: the bundled model " + DEFAULT_MODEL)
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--method", choices=METHODS, default="unet",
                    help="unet: the trained network; otsu / frangi: classical baselines for comparison")
@@ -54,9 +63,28 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--voxel-size", type=float, nargs=3, metavar=("X", "Y", "Z"), default=None,
                    help="voxel size in um along the i, j, k axes, overriding the headers")
+    p.add_argument("--views", nargs="+", default=["auto"], metavar="UM",
+                   help="voxel sizes (um) of the image pyramid's views, finest first: 'auto' (the model's "
+                        "training grid and coarser views up to a window of twice the widest cortical vessel, "
+                        "within the voxel sizes it was trained on), 'single' (the training grid only), or numbers")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace NAME_prob / NAME_mask files that an earlier run left in --out (default: refuse)")
     p.add_argument("--sigmas-um", type=float, nargs="+", default=FRANGI_SIGMAS_UM,
                    help="Frangi scales in um (--method frangi only)")
     p.set_defaults(func=run)
+
+
+def parse_views(values: list[str]) -> list[float] | str:
+    """--views: 'auto' or 'single' as they are, else the voxel sizes in um (checked)."""
+    if values in (["auto"], ["single"]):
+        return values[0]
+    try:
+        views = [float(v) for v in values]
+    except ValueError:
+        raise ValueError(f"--views takes 'auto', 'single' or voxel sizes in um, got {' '.join(values)}") from None
+    if any(not v > 0 for v in views):
+        raise ValueError(f"--views: voxel sizes must be positive (um), got {' '.join(values)}")
+    return views
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,13 +94,29 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.min_component_um3 < 0:
         raise ValueError(f"--min-component-um3 must be >= 0, got {args.min_component_um3}")
-    if args.method == "unet" and not args.model:
-        raise ValueError("--method unet needs a trained model: pass --model runs/NAME/best.pt "
-                         "(or use --method otsu / frangi)")
-    results = segment_files(args.inputs, args.out, model=args.model, method=args.method, threshold=args.threshold,
+    if not 0.0 <= args.overlap < 1.0:
+        raise ValueError(f"--overlap must be in [0, 1) (a fraction of the window), got {args.overlap}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1 (windows per forward pass), got {args.batch_size}")
+    views = parse_views(args.views)
+    model = args.model
+    if args.method == "unet":
+        from octasim.inference import ModelGrid
+        from octasim.model import load_checkpoint
+        from octasim.models import model_summary, resolve_model
+
+        path = resolve_model(args.model)
+        model = load_checkpoint(path)
+        if views == "single":
+            views = [ModelGrid.from_checkpoint(model).voxel_size_um]
+        print(model_summary(model, str(path)))
+        if args.threshold is not None:
+            print(f"threshold {args.threshold:.2f} (--threshold)")
+    results = segment_files(args.inputs, args.out, model=model, method=args.method, threshold=args.threshold,
                             overlap=args.overlap, sw_batch_size=args.batch_size, tta=args.tta,
                             min_component_um3=args.min_component_um3, depth_axis=args.depth_axis,
-                            device=args.device, voxel_size_um=args.voxel_size, sigmas_um=args.sigmas_um)
+                            device=args.device, voxel_size_um=args.voxel_size, sigmas_um=args.sigmas_um,
+                            views_um=None if isinstance(views, str) else views, overwrite=args.overwrite)
     done = [r for r in results if r.ok]
     failed = [r for r in results if not r.ok]
     for r in done:

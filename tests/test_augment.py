@@ -107,3 +107,37 @@ def test_label_stays_on_the_image_through_rotation_and_zoom():
         shift = np.subtract(ndimage.center_of_mass(got), ndimage.center_of_mass(ideal))
         assert np.abs(shift).max() < 0.2, (seed, shift)  # voxels; the nearest zoom gave up to 0.45
         assert 2 * (ideal & got).sum() / (ideal.sum() + got.sum()) > 0.9, seed
+
+
+def test_depth_slab_keeps_one_slab_and_darkens_the_rest_in_image_and_label():
+    """RandDepthSlabd: where it applies, image and label are unchanged inside one depth slab of at least
+    min_voxels planes and 0 above and below it (the padding inference gives shallow stacks)."""
+    from octasim.train.augment import RandDepthSlabd
+
+    rng = np.random.default_rng(1)
+    image = torch.from_numpy(rng.uniform(0.2, 1.0, (1, 8, 8, 16)).astype(np.float32))
+    label = torch.from_numpy((rng.random((1, 8, 8, 16)) > 0.5).astype(np.float32))
+    slab = RandDepthSlabd(prob=1.0, min_voxels=4)
+    slab.set_random_state(seed=3)
+    thicknesses = set()
+    for _ in range(20):
+        out = slab({"image": image, "label": label})
+        kept = (out["image"] != 0).any(dim=(0, 1, 2)).numpy()
+        ks = np.flatnonzero(kept)
+        assert ks.size >= 4 and np.all(np.diff(ks) == 1)                       # one contiguous slab
+        inside = slice(ks[0], ks[-1] + 1)
+        torch.testing.assert_close(out["image"][..., inside], image[..., inside])
+        torch.testing.assert_close(out["label"][..., inside], label[..., inside])
+        assert not out["label"][..., ~kept].any()                              # no vessel outside it
+        thicknesses.add(ks.size)
+    assert len(thicknesses) > 3                                                  # thickness is drawn
+    never = RandDepthSlabd(prob=0.0)
+    assert never({"image": image, "label": label})["image"] is image
+
+
+def test_depth_slab_is_part_of_the_pipeline_when_asked_for():
+    cfg = config_from_dict({"patch_size": 16, "crop_size": 23, "augment": {"depth_slab_prob": 1.0}})
+    image, label = depth_volume()
+    out = build_augmentation(cfg, seed=0)({"image": image, "label": label})
+    dark_planes = (out["image"] == 0).all(dim=(0, 1, 2))
+    assert dark_planes.any() and not dark_planes.all()

@@ -61,10 +61,33 @@ def test_voxel_size_override_and_depth_axis(tmp_path, ckpt):
     assert rc == 0 and nib.load(str(tmp_path / "seg" / "v_mask.nii.gz")).shape == (6, 20, 20)
 
 
-def test_unet_needs_model(tmp_path, capsys):
+def test_unknown_model_name_lists_the_bundled_ones(tmp_path, capsys):
     src, _ = scan(tmp_path / "vol.nii.gz")
-    assert main(["segment", str(src), "--out", str(tmp_path / "seg")]) == 2
-    assert "needs a trained model" in capsys.readouterr().err
+    assert main(["segment", str(src), "--model", "no-such-model", "--out", str(tmp_path / "seg")]) == 2
+    err = capsys.readouterr().err
+    assert "no bundled model named 'no-such-model'" in err and "shipped:" in err
+
+
+def test_segmenting_a_folder_twice_never_takes_its_outputs_as_inputs(tmp_path, ckpt, capsys):
+    """Outputs written into the input folder are not segmented again, and are not silently replaced."""
+    folder = tmp_path / "scans"
+    scan(folder / "x.nii.gz")
+    args = ["segment", str(folder), "--model", str(ckpt), "--out", str(folder), "--device", "cpu"]
+    assert main(args) == 0
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "already exist" in err and "--overwrite" in err
+    assert main(args + ["--overwrite"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["x.nii.gz", "x_mask.nii.gz", "x_prob.nii.gz", "x_qc.png"]
+
+
+def test_option_values_checked_before_any_input(tmp_path, capsys):
+    missing = tmp_path / "missing.nii.gz"
+    for opt, value, text in (("--overlap", "1", "--overlap"), ("--batch-size", "0", "--batch-size"),
+                             ("--views", "0", "--views")):
+        assert main(["segment", str(missing), "--out", str(tmp_path / "s"), opt, value]) == 2
+        err = capsys.readouterr().err
+        assert text in err and "missing.nii.gz" not in err, err
 
 
 def test_incompatible_checkpoint(tmp_path, capsys):

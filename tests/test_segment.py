@@ -192,8 +192,8 @@ def test_segment_files_error_cases(tmp_path, ckpt, method):
 def test_segment_files_checkpoint_and_model_errors(tmp_path):
     img, _ = tube_volume((16, 16, 16))
     src = write_nifti(tmp_path / "a.nii.gz", img)
-    with pytest.raises(ValueError, match="needs a trained model"):
-        segment_files([src], tmp_path / "out", model=None, method="unet")
+    with pytest.raises(CheckpointError, match="no bundled model named 'nope'"):
+        segment_files([src], tmp_path / "out", model="nope", method="unet")
     old = tmp_path / "old.pt"
     torch.save({**tiny_state(), "format": 0, "octasim_version": "0.0.1"}, old)
     with pytest.raises(CheckpointError, match="format"):

@@ -317,18 +317,46 @@ class _ProbIsImage(torch.nn.Module):
         return self.w * torch.log(x / (1 - x))
 
 
-def test_calibration_chooses_the_best_threshold():
-    from octasim.train.trainer import THRESHOLD_GRID, calibrate_threshold
+def _graded_volume():
+    """Label with a bright core (1.0) and a dim rim (0.3), a non-vessel distractor (0.2), background 0."""
     label = np.zeros((16, 16, 16), np.uint8)
     label[4:8, 4:12, 2:14] = 1
-    image = np.where(label > 0, 0.3, 0.1).astype(np.float32)  # probability 0.3 in vessels, 0.1 outside
+    image = np.zeros(label.shape, np.float32)
+    image[4:8, 4:12, 2:8] = 1.0
+    image[4:8, 4:12, 8:14] = 0.3
+    image[10:12, 4:12, 2:14] = 0.2
+    return image, label
+
+
+def test_calibration_chooses_the_best_threshold():
+    from octasim.train.trainer import THRESHOLD_GRID, calibrate_threshold
+    image, label = _graded_volume()
     cal = calibrate_threshold(_ProbIsImage(), [(image, label)], tiny(), torch.device("cpu"))
     assert cal["grid"] == list(THRESHOLD_GRID) and cal["grid"][0] == 0.05 and cal["grid"][-1] == 0.95
-    # Dice 1 for every threshold in [0.1, 0.3); ties go to the one nearest 0.5
+    # Dice 1 for every threshold in [0.2, 0.3); ties go to the one nearest 0.5
     assert cal["chosen"] == 0.25 and cal["dice_at_chosen"] == pytest.approx(1.0)
-    assert cal["dice_at_0.5"] == 0.0  # nothing above 0.5: empty mask
+    assert cal["dice_at_0.5"] == pytest.approx(2 * 192 / (192 + 384))  # the core only
     dice = dict(zip(cal["grid"], cal["mean_dice"]))
-    assert dice[0.15] == pytest.approx(1.0) and dice[0.35] == 0.0 and dice[0.05] < 0.5
+    assert dice[0.15] < 1.0 and dice[0.35] < 1.0 and dice[0.05] < 0.9
+
+
+def test_calibration_sees_what_segment_sees():
+    """Threshold calibration predicts through segment's path: a dim volume (values <= 0.5) is scaled by
+    its percentiles first, so the calibrated Dice per threshold equals that of segment's probability."""
+    from octasim.inference import ModelGrid
+    from octasim.metrics import dice
+    from octasim.segment import segment_volume
+    from octasim.train.trainer import calibrate_threshold
+    image, label = _graded_volume()
+    dim = 0.5 * image
+    model, cfg = _ProbIsImage(), tiny()
+    grid = ModelGrid(2.0, (cfg.patch_size,) * 3)
+    cal = calibrate_threshold(model, [(dim, label)], cfg, torch.device("cpu"), grid)
+    state = {"voxel_size_um": 2.0, "patch_size": cfg.patch_size, "threshold": 0.5}
+    prob, _ = segment_volume(dim, (2.0, 2.0, 2.0), state, model=model, overlap=cfg.val_overlap)
+    expected = [dice(prob > t, label) for t in cal["grid"]]
+    assert cal["mean_dice"] == pytest.approx(expected, abs=1e-6)
+    assert cal["chosen"] == 0.25  # on the raw dim image (rim 0.15, distractor 0.1) it would be 0.1
 
 
 def test_calibration_can_be_switched_off(dataset, tmp_path):

@@ -13,8 +13,8 @@ import math
 import numpy as np
 import torch
 from monai.transforms import (CenterSpatialCropd, Compose, EnsureTyped, MapTransform, RandFlipd,
-                              RandGaussianNoised, RandGaussianSmoothd, RandHistogramShiftd, RandRotated,
-                              RandSpatialCropd, RandZoomd, SpatialPadd)
+                              RandGaussianNoised, RandGaussianSmoothd, RandHistogramShiftd, Randomizable,
+                              RandRotated, RandSpatialCropd, RandZoomd, SpatialPadd)
 
 from octasim.train.config import AugmentConfig, TrainConfig
 
@@ -34,6 +34,42 @@ class ClipLabeld(MapTransform):
             d[self.image_key] = torch.clamp(_plain(d[self.image_key]).float(), 0.0, 1.0)
         if self.label_key in d:
             d[self.label_key] = (_plain(d[self.label_key]) > 0.5).to(torch.float32)
+        return d
+
+
+class RandDepthSlabd(Randomizable, MapTransform):
+    """With probability ``prob``, keep a random slab of the patch along depth (k), at least
+    ``min_voxels`` thick, and set image and label to 0 (dark, background) above and below it.
+
+    Real stacks are often shallower than the network's window (10-25 slices of 5 um: 50-125 um);
+    inference pads them with 0 along depth (``octasim.inference``: no signal, no vessel outside the
+    imaged slab). This transform shows the network such slabs in training, with their exact labels:
+    a surface vessel wider than the slab then looks as in a shallow real stack, a bright band
+    across every slice of the slab.
+    """
+
+    def __init__(self, prob: float, min_voxels: int = 4, keys=KEYS) -> None:
+        MapTransform.__init__(self, keys)
+        self.prob, self.min_voxels = float(prob), int(min_voxels)
+        self._do, self._start, self._stop = False, 0, 0
+
+    def randomize(self, depth: int) -> None:
+        self._do = self.R.rand() < self.prob and depth > self.min_voxels
+        if self._do:
+            thick = int(self.R.randint(self.min_voxels, depth))       # slab thickness, voxels
+            self._start = int(self.R.randint(0, depth - thick + 1))
+            self._stop = self._start + thick
+
+    def __call__(self, data):
+        d = dict(data)
+        self.randomize(int(_plain(d[self.keys[0]]).shape[-1]))
+        if not self._do:
+            return d
+        for key in self.key_iterator(d):
+            x = _plain(d[key]).clone()
+            x[..., :self._start] = 0
+            x[..., self._stop:] = 0
+            d[key] = x
         return d
 
 
@@ -80,6 +116,8 @@ def build_augmentation(cfg: TrainConfig, include_crop: bool = False, seed: int |
                             num_control_points=tuple(int(v) for v in a.histogram_control_points)),
         ClipLabeld(),
     ]
+    if a.depth_slab_prob > 0:
+        steps.append(RandDepthSlabd(a.depth_slab_prob, a.depth_slab_min_voxels))
     # Lazy resampling (MONAI): rotation, zoom, flips and the crop are fused into one resample that
     # computes only the patch_size^3 output, about a third cheaper per patch than resampling the crop
     # twice. It also keeps the label on the image: the label is interpolated linearly and thresholded

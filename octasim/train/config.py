@@ -14,7 +14,7 @@ from typing import Any
 from octasim.paths import DATA_DIR
 
 #: Names accepted by ``--config`` besides a YAML path.
-BUILTIN_CONFIGS = ("default", "paper", "mixed")
+BUILTIN_CONFIGS = ("default", "paper", "mixed", "multiscale")
 LOSSES = ("dice", "cldice", "dice_cldice", "dice_bce")
 
 
@@ -70,6 +70,8 @@ class AugmentConfig:
     noise_std: float = 0.01
     histogram_shift_prob: float = 0.5
     histogram_control_points: list[int] = field(default_factory=lambda: [5, 10])
+    depth_slab_prob: float = 0.0         #: keep a random depth slab, 0 above and below (shallow stacks)
+    depth_slab_min_voxels: int = 4       #: thinnest slab kept, voxels
 
 
 @dataclass
@@ -124,6 +126,10 @@ class TrainConfig:
     apply_calibrated_threshold: bool = True  #: false: record and print the calibration, keep ``threshold``
                                              #: (for recipes meant for real scans, whose labels differ)
     foreground_prior: float | None = 0.03  #: initial output probability (last conv bias = logit); None: 0.5
+    input_clip_percentiles: list[float] | None = None  #: [low, high] %: every training and validation
+                                     #: volume is clipped to these percentiles and scaled to [0, 1], as
+                                     #: real scans are at inference (recorded in the checkpoint); None:
+                                     #: volumes as rendered, inference clips at 0.5 / 99.5 %
     ema_decay: float | None = None   #: exponential moving average of the weights (e.g. 0.99, a horizon of
                                      #: ~1 / (1 - decay) steps): validation, best.pt and inference use the
                                      #: average, which smooths the noise of small-batch steps; None: off
@@ -163,6 +169,10 @@ class TrainConfig:
             bad("ema_decay", "must be in (0, 1) or null")
         if not 0.0 < self.threshold < 1.0:
             bad("threshold", "must be in (0, 1)")
+        if self.input_clip_percentiles is not None:
+            lo_hi = list(self.input_clip_percentiles)
+            if len(lo_hi) != 2 or not 0.0 <= float(lo_hi[0]) < float(lo_hi[1]) <= 100.0:
+                bad("input_clip_percentiles", "must be [low, high] with 0 <= low < high <= 100, or null")
         if self.num_workers < 0:
             bad("num_workers", "must be >= 0")
         if not self.on_the_fly.profiles or any(p.weight < 0 for p in self.on_the_fly.profiles) \
@@ -211,7 +221,7 @@ def config_from_dict(data: dict[str, Any] | None, source: str = "config") -> Tra
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
-    """'default' | 'paper' | 'mixed' -> the shipped YAML; anything else is a file path."""
+    """A name of ``BUILTIN_CONFIGS`` -> the shipped YAML; anything else is a file path."""
     if str(name_or_path) in BUILTIN_CONFIGS:
         return DATA_DIR / "configs" / f"{name_or_path}.yaml"
     return Path(name_or_path)

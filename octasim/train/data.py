@@ -108,8 +108,24 @@ def split_samples(samples: Sequence[SampleRef], cfg: TrainConfig) -> tuple[list[
     return [samples[i] for i in train], [samples[i] for i in val]
 
 
-def load_volumes(refs: Sequence[SampleRef], progress: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Read every pair once: (image float32 in [0, 1], label uint8 {0, 1}), both (i, j, k)."""
+def network_input(image: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    """A training or validation image as the network sees it: float32 in [0, 1], clipped to the
+    config's ``input_clip_percentiles`` and scaled (as real scans are at inference) when it has them."""
+    image = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
+    if cfg.input_clip_percentiles is None:
+        return image
+    from octasim.preprocess import PreprocessError, normalize_percentiles
+
+    try:
+        return normalize_percentiles(image, cfg.input_clip_percentiles)
+    except PreprocessError:  # a constant volume (nothing rendered): nothing to scale
+        return image
+
+
+def load_volumes(refs: Sequence[SampleRef], progress: bool = False, cfg: TrainConfig | None = None
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Read every pair once: (image float32 in [0, 1], label uint8 {0, 1}), both (i, j, k); with
+    ``cfg``, images are prepared by :func:`network_input`."""
     from tqdm import tqdm
 
     from octasim.nifti import read_volume
@@ -120,7 +136,8 @@ def load_volumes(refs: Sequence[SampleRef], progress: bool = False) -> list[tupl
         label = read_volume(ref.label, np.float32).data
         if image.shape != label.shape:
             raise DataError(f"{ref.label}: shape {label.shape} differs from its image {ref.image} {image.shape}")
-        out.append((np.clip(image, 0.0, 1.0, out=image), (label > 0.5).astype(np.uint8)))
+        image = network_input(image, cfg) if cfg is not None else np.clip(image, 0.0, 1.0, out=image)
+        out.append((image, (label > 0.5).astype(np.uint8)))
     return out
 
 
@@ -240,7 +257,7 @@ class OnTheFlyDataset(IterableDataset):
         while True:
             profile = choose_profile(self.cfg, self.seed, index)
             image, label = self.renderer(profile, self.seed, index)
-            image = _pad_to(np.clip(np.asarray(image, np.float32), 0, 1), crop)
+            image = _pad_to(network_input(image, self.cfg), crop)
             label = _pad_to((np.asarray(label) > 0.5).astype(np.uint8), crop)
             rng = np.random.default_rng(seed_for(self.seed, 0xC409, index))
             for c in range(per_volume):
@@ -260,6 +277,7 @@ def render_validation_volumes(cfg: TrainConfig, renderer: Renderer | None = None
     out = []
     for index in range(cfg.on_the_fly.n_val):
         image, label = renderer(choose_profile(cfg, val_seed, index), val_seed, index)
+        # as rendered: validation predicts them through the inference path, which scales them itself
         out.append((np.clip(np.asarray(image, np.float32), 0, 1), (np.asarray(label) > 0.5).astype(np.uint8)))
     return out
 

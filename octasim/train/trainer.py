@@ -14,13 +14,23 @@ import numpy as np
 import torch
 
 from octasim.atomic import atomic_path
+from octasim.inference import DEFAULT_VOXEL_SIZE_UM, ModelGrid, predict_probability
+from octasim.metrics import dice
 from octasim.model import build_unet, load_checkpoint, resolve_device, save_checkpoint
 from octasim.train.config import TrainConfig, config_from_dict
 from octasim.train.data import (OnTheFlyDataset, PatchDataset, Renderer, load_dataset_samples, load_volumes,
                                 render_validation_volumes, split_samples, worker_init)
 
-#: how real scans must be normalized at inference (training volumes are already in [0, 1])
-PREPROCESSING = {"clip_percentiles": [0.5, 99.5]}
+
+
+def preprocessing(cfg: TrainConfig) -> dict[str, Any]:
+    """How scans must be normalized at inference: the percentiles the training volumes were clipped to
+    (``input_clip_percentiles``), else the default ones (training volumes are already in [0, 1])."""
+    from octasim.preprocess import CLIP_PERCENTILES
+
+    clip = cfg.input_clip_percentiles if cfg.input_clip_percentiles is not None else CLIP_PERCENTILES
+    return {"clip_percentiles": [float(p) for p in clip]}
+
 METRIC_COLUMNS = ("step", "loss", "lr", "val_dice", "seconds")
 
 
@@ -64,73 +74,66 @@ def init_output_bias(model: torch.nn.Module, prior: float) -> None:
             convs[-1].bias.fill_(math.log(prior / (1.0 - prior)))
 
 
-def dice_score(pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor) -> float:
-    """Dice of two binary volumes (1.0 when both are empty)."""
-    p, t = torch.as_tensor(pred).bool(), torch.as_tensor(label).bool()
-    denom = int(p.sum()) + int(t.sum())
-    return 1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom
-
-
-@torch.inference_mode()
-def predict_volume(model: torch.nn.Module, image: np.ndarray, patch_size: int, device: torch.device,
-                   overlap: float = 0.5, sw_batch_size: int = 4) -> torch.Tensor:
-    """Vessel probability (i, j, k) of a whole volume: MONAI sliding window with Gaussian blending."""
-    from monai.inferers import sliding_window_inference
-
-    x = torch.as_tensor(image, dtype=torch.float32, device=device)[None, None]
-    with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
-        logits = sliding_window_inference(x, (patch_size,) * 3, sw_batch_size, model, overlap=overlap,
-                                          mode="gaussian")
-    return torch.sigmoid(logits.float())[0, 0].cpu()
-
-
 #: thresholds tried by the calibration (0.05, 0.10, ..., 0.95)
 THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 
+def train_voxel_range(cfg: TrainConfig, voxel_size_um: float, on_the_fly: bool) -> tuple[float, float]:
+    """(finest, coarsest) voxel size (um) the run's volumes are rendered at: the on-the-fly
+    ``synth_options.voxel_size_um`` (value or range), else the training grid."""
+    vs = cfg.on_the_fly.synth_options.get("voxel_size_um") if on_the_fly else None
+    if vs is None:
+        return float(voxel_size_um), float(voxel_size_um)
+    vals = [float(v) for v in (vs if isinstance(vs, (list, tuple)) else [vs])]
+    return min(vals), max(vals)
+
+
+def model_grid(cfg: TrainConfig, voxel_size_um: float, on_the_fly: bool) -> ModelGrid:
+    """The inference grid of a run (training voxel size, window, input scaling, trained voxel sizes)."""
+    top = train_voxel_range(cfg, voxel_size_um, on_the_fly)[1]
+    return ModelGrid(float(voxel_size_um), (int(cfg.patch_size),) * 3,
+                     tuple(preprocessing(cfg)["clip_percentiles"]), max(float(voxel_size_um), top))
+
+
+def _probabilities(model: torch.nn.Module, volumes: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConfig,
+                   device: torch.device, grid: ModelGrid):
+    """Vessel probability of each held-out volume through the inference path of ``octasim segment``."""
+    spacing = (grid.voxel_size_um,) * 3
+    for image, label in volumes:
+        yield predict_probability(model, image, spacing, grid, device, overlap=cfg.val_overlap,
+                                  sw_batch_size=cfg.batch_size), label
+
+
 def calibrate_threshold(model: torch.nn.Module, volumes: Sequence[tuple[np.ndarray, np.ndarray]],
-                        cfg: TrainConfig, device: torch.device,
-                        grid: Sequence[float] = THRESHOLD_GRID) -> dict[str, Any]:
+                        cfg: TrainConfig, device: torch.device, grid: ModelGrid | None = None,
+                        thresholds: Sequence[float] = THRESHOLD_GRID) -> dict[str, Any]:
     """The probability threshold maximizing mean Dice over held-out volumes.
 
-    Each volume is predicted once (sliding window, ``cfg.val_overlap``); Dice is computed for every
-    threshold of ``grid``. Ties go to the threshold nearest 0.5. Returns plain data:
-    ``{"grid": [...], "mean_dice": [...], "chosen": t, "dice_at_chosen": d, "dice_at_0.5": d05,
-    "n_volumes": n}``.
+    Each volume is predicted once, exactly as ``octasim segment`` predicts a scan (``grid``: the run's
+    :func:`model_grid`; default: the config's patch on the default grid); Dice is computed for every
+    threshold. Ties go to the threshold nearest 0.5. Returns plain data: ``{"grid": [...],
+    "mean_dice": [...], "chosen": t, "dice_at_chosen": d, "dice_at_0.5": d05, "n_volumes": n}``.
     """
-    grid = [float(t) for t in grid]
-    model.eval()
-    sums = np.zeros(len(grid))
-    try:
-        for image, label in volumes:
-            prob = predict_volume(model, image, cfg.patch_size, device, cfg.val_overlap, cfg.batch_size)
-            lab = torch.as_tensor(label).bool()
-            n_lab = int(lab.sum())
-            for n, t in enumerate(grid):
-                pred = prob > t
-                denom = int(pred.sum()) + n_lab
-                sums[n] += 1.0 if denom == 0 else 2.0 * int((pred & lab).sum()) / denom
-    finally:
-        model.train()
-    mean = sums / max(1, len(volumes))
-    best = max(range(len(grid)), key=lambda n: (round(float(mean[n]), 12), -abs(grid[n] - 0.5)))
-    at_half = validate(model, volumes, dataclasses.replace(cfg, threshold=0.5), device) \
-        if 0.5 not in grid else float(mean[grid.index(0.5)])
-    return {"grid": grid, "mean_dice": [round(float(m), 6) for m in mean], "chosen": grid[best],
-            "dice_at_chosen": float(mean[best]), "dice_at_0.5": float(at_half), "n_volumes": len(volumes)}
+    grid = grid or model_grid(cfg, DEFAULT_VOXEL_SIZE_UM, False)
+    thresholds = [float(t) for t in thresholds]
+    sums, at_half = np.zeros(len(thresholds)), 0.0
+    for prob, label in _probabilities(model, volumes, cfg, device, grid):
+        sums += [dice(prob > t, label) for t in thresholds]
+        at_half += dice(prob > 0.5, label)
+    n = max(1, len(volumes))
+    mean = sums / n
+    best = max(range(len(thresholds)), key=lambda i: (round(float(mean[i]), 12), -abs(thresholds[i] - 0.5)))
+    return {"grid": thresholds, "mean_dice": [round(float(m), 6) for m in mean], "chosen": thresholds[best],
+            "dice_at_chosen": float(mean[best]), "dice_at_0.5": at_half / n, "n_volumes": len(volumes)}
 
 
 def validate(model: torch.nn.Module, volumes: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConfig,
-             device: torch.device) -> float:
-    """Mean Dice over held-out volumes at ``cfg.threshold`` (model left in train mode afterwards)."""
-    model.eval()
-    try:
-        scores = [dice_score(predict_volume(model, image, cfg.patch_size, device, cfg.val_overlap,
-                                            cfg.batch_size) > cfg.threshold, label)
-                  for image, label in volumes]
-    finally:
-        model.train()
-    return float(np.mean(scores))
+             device: torch.device, grid: ModelGrid | None = None) -> float:
+    """Mean Dice over held-out volumes at ``cfg.threshold``, predicted as ``octasim segment`` predicts
+    (see :func:`calibrate_threshold` for ``grid``); the model's train / eval mode is kept."""
+    grid = grid or model_grid(cfg, DEFAULT_VOXEL_SIZE_UM, False)
+    return float(np.mean([dice(prob > cfg.threshold, label)
+                          for prob, label in _probabilities(model, volumes, cfg, device, grid)]))
 
 
 # -- RNG state as plain data (checkpoints load with weights_only=True) --------------------------------
@@ -279,11 +282,13 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
         n_train_samples = None
     else:
         info = load_dataset_samples(dirs)
-        voxel_size = info.voxel_size_um if info.voxel_size_um is not None else 2.0
+        voxel_size = info.voxel_size_um if info.voxel_size_um is not None else DEFAULT_VOXEL_SIZE_UM
         train_refs, val_refs = split_samples(info.samples, cfg)
-        train_volumes = load_volumes(train_refs, progress)
+        train_volumes = load_volumes(train_refs, progress, cfg)
         val_volumes = load_volumes(val_refs, progress)
         n_train_samples = len(train_refs)
+
+    grid = model_grid(cfg, voxel_size, on_the_fly)
 
     # model and optimisation
     model = build_unet(dataclasses.asdict(cfg.model)).to(dev)
@@ -354,7 +359,8 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
     def checkpoint(step: int, val_dice: float | None, loss: float | None, full: bool) -> dict[str, Any]:
         ckpt = {"model_state": _cpu(eval_model.state_dict()),
                 "model_config": dataclasses.asdict(cfg.model), "voxel_size_um": float(voxel_size),
-                "patch_size": int(cfg.patch_size), "preprocessing": dict(PREPROCESSING),
+                "train_voxel_range_um": [float(v) for v in train_voxel_range(cfg, voxel_size, on_the_fly)],
+                "patch_size": int(cfg.patch_size), "preprocessing": preprocessing(cfg),
                 "threshold": float(cfg.threshold), "train_config": cfg.to_dict(), "step": int(step),
                 "total_steps": total, "on_the_fly": bool(on_the_fly),
                 "metrics": {"val_dice": val_dice, "loss": loss, "best_val_dice": best_dice, "best_step": best_step},
@@ -406,7 +412,7 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
             if done % cfg.log_every == 0 or is_val:
                 last_loss = float(np.mean(losses)) if losses else None
                 losses.clear()
-                val_dice = validate(eval_model, val_volumes, cfg, dev) if is_val else None
+                val_dice = validate(eval_model, val_volumes, cfg, dev, grid) if is_val else None
                 rows.append({"step": done, "loss": last_loss, "lr": lr, "val_dice": val_dice,
                              "seconds": round(seconds0 + elapsed(), 3)})
                 if is_val:
@@ -430,7 +436,7 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
     if cfg.calibrate_threshold and best_path.exists():
         best_state = load_checkpoint(best_path, map_location="cpu")
         model.load_state_dict(best_state["model_state"])
-        calibration = calibrate_threshold(model, val_volumes, cfg, dev)
+        calibration = calibrate_threshold(model, val_volumes, cfg, dev, grid)
         calibration["applied"] = bool(cfg.apply_calibrated_threshold)
         best_state["threshold"] = float(calibration["chosen"] if cfg.apply_calibrated_threshold else cfg.threshold)
         best_state["threshold_calibration"] = calibration

@@ -1,0 +1,97 @@
+"""Bundled models: trained checkpoints that ship in ``data/models/`` so that a scan can be segmented
+without training first.
+
+A bundled model is an ordinary checkpoint (``octasim.model.load_checkpoint`` reads it with
+``weights_only=True``) reduced to what inference needs, with its convolution weights stored as
+float16 (half the size; they are cast back to float32 when loaded) and a ``model_card`` entry
+recording how it was trained (the exact command, steps, wall time, hardware).
+"""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+from octasim.paths import DATA_DIR
+
+# torch (through octasim.model) is imported inside the functions: the CLI imports this module for
+# its --help text, which must stay fast
+
+MODELS_DIR = DATA_DIR / "models"
+#: the model ``octasim segment`` uses when no ``--model`` is given
+DEFAULT_MODEL = "octasim-multiscale-v1"
+#: fewer optimizer steps than this: the model is reported as trained only briefly
+BRIEF_TRAINING_STEPS = 2000
+#: checkpoint keys a bundled model keeps (everything inference and its report need)
+INFERENCE_KEYS = ("model_state", "model_config", "voxel_size_um", "train_voxel_range_um", "patch_size",
+                  "preprocessing", "threshold", "threshold_calibration", "train_config", "step", "total_steps",
+                  "on_the_fly", "seconds", "best_val_dice", "best_step")
+
+
+def bundled_models() -> list[str]:
+    """Names of the models shipped in ``data/models/``."""
+    return sorted(p.stem for p in MODELS_DIR.glob("*.pt"))
+
+
+def bundled_model_path(name: str = DEFAULT_MODEL) -> Path:
+    """Path of a bundled model; CheckpointError lists the shipped ones when ``name`` is not among them."""
+    from octasim.model import CheckpointError
+
+    path = MODELS_DIR / f"{name}.pt"
+    if not path.exists():
+        names = ", ".join(bundled_models()) or "none"
+        raise CheckpointError(f"no bundled model named {name!r} in {MODELS_DIR} (shipped: {names}); "
+                              "pass a checkpoint file instead (runs/NAME/best.pt)")
+    return path
+
+
+def resolve_model(spec: str | Path | None) -> Path:
+    """``None`` -> the default bundled model; an existing file -> itself; else a bundled model's name."""
+    if spec is None:
+        return bundled_model_path()
+    path = Path(spec)
+    if path.exists() or path.suffix == ".pt" or len(path.parts) > 1:
+        return path
+    return bundled_model_path(str(spec))
+
+
+def export_model(checkpoint: str | Path, out: str | Path, command: str, name: str | None = None) -> Path:
+    """Write a bundled model from a training checkpoint: inference keys only, float16 convolution
+    weights, and ``model_card`` = {name, training command, steps, minutes, hardware, octasim version}."""
+    import torch
+
+    from octasim.model import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    small = {k: state[k] for k in INFERENCE_KEYS if k in state}
+    small["model_state"] = {k: (v.half() if v.is_floating_point() and v.dim() > 1 else v)
+                            for k, v in state["model_state"].items()}
+    small["model_card"] = {
+        "name": name or Path(out).stem, "training_command": command, "source_checkpoint": Path(checkpoint).name,
+        "steps": int(state.get("step", 0)), "minutes": round(float(state.get("seconds", 0.0)) / 60.0, 1),
+        "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"}
+    return save_checkpoint(out, small)
+
+
+def model_summary(state: dict[str, Any], label: str) -> str:
+    """One paragraph for users: which model, how it was trained, what grid and threshold it uses."""
+    from octasim.inference import ModelGrid, pyramid_voxel_sizes
+
+    card = state.get("model_card") or {}
+    steps = int(state.get("step") or card.get("steps") or 0)
+    minutes = float(state.get("seconds") or 0.0) / 60.0
+    grid = ModelGrid.from_checkpoint(state)
+    views = ", ".join(f"{v:g}" for v in pyramid_voxel_sizes(grid))
+    cal = state.get("threshold_calibration") or {}
+    if cal.get("applied"):
+        source = f"calibrated on {cal.get('n_volumes', '?')} synthetic validation volumes"
+    else:
+        source = "the training config's"
+    lines = [f"model {card.get('name', label)} ({label}): trained {steps:,} steps in {minutes:.0f} min"
+             f"{' on the fly' if state.get('on_the_fly') else ''}; grid {grid.voxel_size_um:g} um, "
+             f"window {grid.patch_size[0]} voxels; views at {views} um; threshold "
+             f"{float(state.get('threshold', 0.5)):.2f} ({source})"]
+    if steps < BRIEF_TRAINING_STEPS:
+        lines.append(f"warning: this model trained only {steps:,} steps (fewer than {BRIEF_TRAINING_STEPS:,}); "
+                     "expect a rough segmentation")
+    return "\n".join(lines)

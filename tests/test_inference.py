@@ -1,0 +1,115 @@
+"""The shared inference path: image pyramid, mirror padding of shallow stacks, fusion of views."""
+import numpy as np
+import pytest
+import torch
+
+from octasim.inference import ModelGrid, interior, predict_probability, pyramid_voxel_sizes, trained_voxel_range
+
+
+class ProbIsImage(torch.nn.Module):
+    """A 'network' whose vessel probability is its input intensity."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        x = x.clamp(1e-4, 1 - 1e-4)
+        return self.w * torch.log(x / (1 - x))
+
+
+class NeedsContext(torch.nn.Module):
+    """A 'network' that calls a bright voxel vessel only when its window also holds dark tissue, like a
+    network whose window lies entirely inside a vessel wider than the window (a bright, textureless
+    region it cannot place)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        sees_tissue = (x.amin(dim=(2, 3, 4), keepdim=True) < 0.5).float()
+        return self.w * (20.0 * (x > 0.5).float() * sees_tissue - 10.0)
+
+
+def test_pyramid_views_cover_the_widest_vessels_within_the_trained_range():
+    # window 64 x 2 um = 128 um < 4 x 100 um: coarser views until the window spans 512 um
+    assert pyramid_voxel_sizes(ModelGrid(2.0, (64,) * 3, max_voxel_size_um=8.0)) == [2.0, 4.0, 8.0]
+    assert pyramid_voxel_sizes(ModelGrid(2.0, (64,) * 3, max_voxel_size_um=16.0)) == [2.0, 4.0, 8.0]
+    assert pyramid_voxel_sizes(ModelGrid(1.0, (64,) * 3, max_voxel_size_um=8.0)) == [1.0, 2.0, 4.0, 8.0]
+    # never coarser than the model was trained on: a single-scale model gets one view
+    assert pyramid_voxel_sizes(ModelGrid(2.0, (64,) * 3, max_voxel_size_um=2.0)) == [2.0]
+    assert pyramid_voxel_sizes(ModelGrid(1.0, (64,) * 3, max_voxel_size_um=3.0)) == [1.0, 2.0]
+
+
+def test_trained_voxel_range_from_checkpoints_old_and_new():
+    assert trained_voxel_range({"train_voxel_range_um": [1.0, 8.0]}) == (1.0, 8.0)
+    old_otf = {"voxel_size_um": 1.5, "on_the_fly": True,
+               "train_config": {"on_the_fly": {"synth_options": {"voxel_size_um": [1.0, 2.0]}}}}
+    assert trained_voxel_range(old_otf) == (1.0, 2.0)
+    assert trained_voxel_range({"voxel_size_um": 2.0}) == (2.0, 2.0)
+    grid = ModelGrid.from_checkpoint({**old_otf, "patch_size": 32, "preprocessing": {"clip_percentiles": [1, 99]}})
+    assert grid == ModelGrid(1.5, (32, 32, 32), (1.0, 99.0), 2.0)
+
+
+class WindowMean(torch.nn.Module):
+    """A 'network' whose vessel probability is the mean intensity of its whole window."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        m = x.mean(dim=(2, 3, 4), keepdim=True).clamp(1e-4, 1 - 1e-4).expand_as(x)
+        return self.w * torch.log(m / (1 - m))
+
+
+def test_shallow_stack_is_padded_dark_as_in_training():
+    """A bright stack of 6 slices seen through a 16-voxel window: the 10 planes beyond the stack are
+    dark (0, as ``RandDepthSlabd`` shows slabs in training), not a mirror or a repeat of the stack."""
+    vol = np.full((24, 24, 6), 0.8, np.float32)
+    vol[0, 0, 0] = 0.0
+    prob = predict_probability(WindowMean(), vol, (2.0, 2.0, 2.0), ModelGrid(2.0, (16, 16, 16), (0.0, 100.0)),
+                               torch.device("cpu"))
+    assert prob.shape == vol.shape
+    np.testing.assert_allclose(prob[8:16, 8:16], 6 / 16, atol=0.01)
+
+
+def test_coarse_view_fills_wide_vessels_but_does_not_widen_thin_ones():
+    """A 'network' that needs context: on the fine grid a vessel wider than its window is labelled near
+    its walls only; the coarse view fills its inside. A thin vessel is not widened by the coarse view."""
+    vol = np.zeros((96, 96, 16), np.float32)
+    vol[16:80, :, :] = 1.0          # a 64 um wide slab-like vessel along j (1 um voxels)
+    grid = ModelGrid(1.0, (16, 16, 16), (0.0, 100.0), max_voxel_size_um=8.0)
+    net, cpu = NeedsContext(), torch.device("cpu")
+    single = predict_probability(net, vol, (1.0,) * 3, grid, cpu, views_um=[1.0])
+    fused = predict_probability(net, vol, (1.0,) * 3, grid, cpu, views_um=[1.0, 8.0])
+    inside = (slice(30, 66), slice(None), slice(None))
+    assert (single[inside] > 0.5).mean() < 0.5        # the fine window misses the inside
+    assert (fused[inside] > 0.5).mean() > 0.9         # the coarse view fills the inside
+    assert (fused[:8] > 0.5).mean() < 0.05            # background far from the vessel stays background
+
+    thin = np.zeros((96, 96, 16), np.float32)
+    thin[47:49, :, :] = 1.0        # 2 um wide: one coarse voxel or less at 8 um
+    p_max = predict_probability(ProbIsImage(), thin, (1.0,) * 3, grid, cpu, views_um=[1.0, 8.0], fusion="max")
+    p_int = predict_probability(ProbIsImage(), thin, (1.0,) * 3, grid, cpu, views_um=[1.0, 8.0])
+    p_one = predict_probability(ProbIsImage(), thin, (1.0,) * 3, grid, cpu, views_um=[1.0])
+    assert (p_int > 0.05).sum() == (p_one > 0.05).sum()   # the eroded coarse view adds nothing
+    assert (p_max > 0.05).sum() > (p_one > 0.05).sum()    # a plain maximum widens it
+
+
+def test_interior_is_a_one_voxel_erosion():
+    p = np.zeros((7, 7, 7), np.float32)
+    p[1:6, 1:6, 1:6] = 1.0
+    e = interior(p)
+    assert e[2:5, 2:5, 2:5].min() == 1.0 and e.sum() == 27
+
+
+def test_bad_fusion_and_views_are_errors():
+    vol = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="fusion"):
+        predict_probability(ProbIsImage(), vol, (1, 1, 1), ModelGrid(1.0, (8, 8, 8)), torch.device("cpu"),
+                            fusion="mean")
+    with pytest.raises(ValueError, match="view"):
+        predict_probability(ProbIsImage(), vol, (1, 1, 1), ModelGrid(1.0, (8, 8, 8)), torch.device("cpu"),
+                            views_um=[0.0])
