@@ -131,7 +131,8 @@ def main() -> None:
     if not args.full:
         return
 
-    from octasim.train.trainer import dice_score, predict_volume, train
+    from octasim.metrics import dice as dice_score
+    from octasim.train.trainer import train
 
     work = args.workdir or tmp
     train_dir = make_data(work / "octa_train", 16, 11, 128, 2)
@@ -147,14 +148,14 @@ def main() -> None:
     t = time.perf_counter()
     m = train(cfg, [train_dir], work / "run", steps=steps, device="cpu", progress=True, max_seconds=budget_s)
     train_s = time.perf_counter() - t
-    from octasim.model import load_checkpoint, model_from_checkpoint
-    from octasim.segment import otsu_segment
+    from octasim.model import load_checkpoint
+    from octasim.segment import otsu_segment, prepare_model, segment_volume
     ck = load_checkpoint(work / "run" / "best.pt")
-    model = model_from_checkpoint(ck)
+    model, _ = prepare_model(ck, "cpu")
     scores, otsu, images, labels = [], [], [], []
     for image, label in load_volumes(load_dataset_samples([test_dir]).samples):
-        prob = predict_volume(model, image, ck["patch_size"], torch.device("cpu"), overlap=0.5)
-        scores.append(dice_score(prob > ck["threshold"], label))
+        _, mask = segment_volume(image, (ck["voxel_size_um"],) * 3, ck, model=model, overlap=0.5)
+        scores.append(dice_score(mask, label))
         otsu.append(dice_score(otsu_segment(image)[1], label))
         images.append(image)
         labels.append(label)

@@ -595,6 +595,28 @@ def _is_done(out_dir: Path, sid: str, qc: bool) -> bool:
     return all(paths[k].is_file() for k in needed)
 
 
+def _unreadable_file(out_dir: Path, sid: str) -> Path | None:
+    """The first of a finished sample's record, image and label that cannot be read completely (a file
+    truncated or damaged after it was written), else None. Decompresses every volume in full: the
+    whole gzip stream (length and checksum) and as many voxels as the NIfTI header announces."""
+    import gzip
+
+    import nibabel as nib
+
+    paths = _sample_paths(out_dir, sid)
+    try:
+        json.loads(paths["record"].read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return paths["record"]
+    for key in ("image", "label"):
+        try:
+            image = nib.Nifti1Image.from_bytes(gzip.decompress(paths[key].read_bytes()))
+            np.asarray(image.dataobj)
+        except Exception:  # gzip, zlib and nibabel raise many types for a truncated or corrupt file
+            return paths[key]
+    return None
+
+
 def _write_json(path: Path, data: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
@@ -680,13 +702,16 @@ def _check_folder(out_dir: Path, config: SynthConfig) -> None:
 
 def generate_dataset(config: SynthConfig, out_dir: str | Path, n: int, workers: int = 1,
                      progress: bool = True, qc: bool = True,
-                     on_sample: Callable[[dict], None] | None = None) -> Path:
+                     on_sample: Callable[[dict], None] | None = None,
+                     on_broken: Callable[[str, Path], None] | None = None) -> Path:
     """Write ``n`` samples of ``config`` into ``out_dir``; return the path of ``dataset.json``.
 
-    Resumes a folder holding the same dataset (finished samples, marked by their record file, are
-    skipped; files are written under temporary names and renamed); a folder holding a different
-    dataset raises DatasetError naming the differing config keys. ``workers`` > 1 renders in that
-    many processes (spawn); the files are identical for any number of workers.
+    Resumes a folder holding the same dataset: finished samples, marked by their record file, are
+    skipped once their record and volumes read completely; a sample with a truncated or damaged file
+    is rendered again and ``on_broken(sample id, file)`` is called; files are written under temporary
+    names and renamed. A folder holding a different dataset raises DatasetError naming the differing
+    config keys. ``workers`` > 1 renders in that many processes (spawn); the files are identical for
+    any number of workers.
     """
     from octasim.qc import save_contact_sheet
 
@@ -708,10 +733,15 @@ def generate_dataset(config: SynthConfig, out_dir: str | Path, n: int, workers: 
     todo = []
     for i in range(n):
         sid = sample_id(i)
-        if _is_done(out, sid, qc):
-            records[i] = json.loads(_sample_paths(out, sid)["record"].read_text())
-        else:
+        if not _is_done(out, sid, qc):
             todo.append(i)
+        elif (broken := _unreadable_file(out, sid)) is not None:
+            _sample_paths(out, sid)["record"].unlink()  # no longer marked finished until rendered again
+            if on_broken is not None:
+                on_broken(sid, broken)
+            todo.append(i)
+        else:
+            records[i] = json.loads(_sample_paths(out, sid)["record"].read_text())
 
     from tqdm import tqdm
 

@@ -1,6 +1,7 @@
 """The segmentation network (MONAI 3D U-Net) and checkpoints that carry everything inference needs."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -51,21 +52,61 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt / unsafe files
-        raise CheckpointError(f"{path}: not a readable octasim checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path}: not a readable octasim checkpoint ({_load_error_reason(exc)}): the file "
+                              "is corrupt or truncated, not a PyTorch checkpoint, or holds Python objects besides "
+                              "tensors and plain data, which octasim never loads because loading them could run "
+                              "code") from exc
     if not isinstance(state, dict) or "model_state" not in state or "model_config" not in state:
         raise CheckpointError(f"{path}: not an octasim checkpoint (no model_state / model_config)")
     if state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {state.get('format')!r} (octasim "
                               f"{state.get('octasim_version', '?')}); this octasim {__version__} reads format "
                               f"{CHECKPOINT_FORMAT}")
+    check_checkpoint_values(state, path)
     return state
+
+
+def _load_error_reason(exc: Exception) -> str:
+    """torch.load's error in one line, without its advice to load the file unsafely
+    (``weights_only=False``, allow-listing globals), which octasim never does."""
+    text = str(exc)
+    detail = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\n|\Z)", text, re.S)
+    reason = (detail.group(1) if detail else text).strip()
+    reason = re.split(r"\.\s+Please use|\n", reason)[0].strip()
+    if not reason or "weights_only" in reason or "safe_globals" in reason:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {reason}"
+
+
+def check_checkpoint_values(state: dict[str, Any], path: str | Path | None = None) -> None:
+    """Refuse NaN / infinite weights and a threshold outside [0, 1] (or NaN): such a checkpoint would
+    give an all-NaN probability map and an empty mask. The message starts with ``path`` when given."""
+    where = f"{path}: " if path is not None else ""
+    bad = [key for key, value in (state.get("model_state") or {}).items()
+           if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointError(f"{where}the checkpoint's network weights contain NaN or infinite values "
+                              f"({', '.join(bad[:3])}{more}): the training run that wrote it diverged or the "
+                              "file is damaged; use another checkpoint (e.g. best.pt of a healthy run)")
+    threshold = state.get("threshold")
+    if threshold is not None:
+        try:
+            ok = 0.0 <= float(threshold) <= 1.0  # False for NaN
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise CheckpointError(f"{where}the checkpoint's probability threshold is {threshold!r}; it must be a "
+                                  "number in [0, 1]: the file is damaged, use another checkpoint")
 
 
 def model_from_checkpoint(state: dict[str, Any], device: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the network of a loaded checkpoint, in eval mode on ``device``.
 
-    A model configuration that does not fit the stored weights raises CheckpointError.
+    A model configuration that does not fit the stored weights, non-finite weights or a threshold
+    outside [0, 1] raise CheckpointError.
     """
+    check_checkpoint_values(state)
     try:
         model = build_unet(state["model_config"])
         model.load_state_dict(state["model_state"])

@@ -138,6 +138,37 @@ def read_volume(path: str | Path, dtype=np.float32) -> Volume:
     return Volume(data, np.asarray(affine, float), img.header, spacing_from_affine(affine, unit), path)
 
 
+#: voxel sizes (um) a microscope or OCT scan can have; a header outside this range has a wrong unit or spacing
+PLAUSIBLE_VOXEL_UM = (0.05, 100.0)
+
+
+def _stored_pixdim(volume: Volume) -> np.ndarray:
+    """pixdim[1:4] as the file stores them (nibabel replaces zeros by 1 when it loads a header)."""
+    try:
+        with nib.openers.ImageOpener(str(volume.path)) as f:
+            return type(volume.header).from_fileobj(f, check=False)["pixdim"][1:4]
+    except Exception:  # not a file, or a header nibabel reads only with its fixes
+        return volume.header["pixdim"][1:4]
+
+
+def check_voxel_size(volume: Volume) -> tuple[float, float, float]:
+    """The header's voxel size (um along i, j, k) when it is plausible for a microscope or OCT scan
+    (:data:`PLAUSIBLE_VOXEL_UM`, 0.05-100 um per voxel); else VolumeError naming the file, the header
+    fields pixdim and xyzt_units, and ``--voxel-size X Y Z`` as the way out."""
+    lo, hi = PLAUSIBLE_VOXEL_UM
+    spacing = volume.spacing_um
+    if all(lo <= s <= hi for s in spacing):  # False for NaN too
+        return spacing
+    unit = volume.header.get_xyzt_units()[0]
+    unit_text = "unit unset, read as mm" if unit == "unknown" else f"unit {unit}"
+    raise VolumeError(
+        f"{volume.path}: the header gives an implausible voxel size of {_xyz(spacing)} um (pixdim "
+        f"{_xyz(_stored_pixdim(volume))}, xyzt_units {int(volume.header['xyzt_units'])}: {unit_text}); "
+        f"microscope and OCT scans have {lo:g}-{hi:g} um per voxel, so the header's spacing or unit is wrong "
+        "(e.g. micrometres stored without a unit, or pixdim 0). Give the true voxel size with "
+        "--voxel-size X Y Z (um along i, j, k)")
+
+
 def write_volume(path: str | Path, data: np.ndarray, affine: np.ndarray | None = None,
                  spacing_um=None, header: nib.Nifti1Header | None = None) -> Path:
     """Write ``data`` as NIfTI atomically (temporary name, then rename).

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from octasim.nifti import NIFTI_SUFFIXES, list_volumes, read_volume, write_volume
+from octasim.nifti import NIFTI_SUFFIXES, check_voxel_size, list_volumes, read_volume, write_volume
 from octasim.preprocess import (CLIP_PERCENTILES, normalize_percentiles, resample, resampled_shape,
                                 to_depth_last)
 
@@ -199,7 +199,8 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
     ``model``: checkpoint path, bundled model name or loaded checkpoint dict; None: the default bundled
     model (for the baselines it only supplies the clip percentiles). ``views_um``: the pyramid's
     voxel sizes (um), default the model's. ``voxel_size_um`` (i, j, k) overrides the headers. Files
-    named like our outputs (``*_prob``, ``*_mask``) are not taken as inputs; existing outputs are
+    named like our outputs (``*_prob``, ``*_mask``) are not taken as inputs; without ``voxel_size_um``, a
+    header voxel size outside 0.05-100 um fails that input (see ``check_voxel_size``); existing outputs are
     refused unless ``overwrite``. A failing input is recorded in its result (``error``) and the others
     go on; every file is written atomically, so nothing is half-written. Raises ValueError only for
     problems that concern all inputs (no inputs, unknown method, missing / incompatible checkpoint).
@@ -251,7 +252,7 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
         start = time.perf_counter()
         try:
             vol = read_volume(path)
-            spacing = voxel_size_um or vol.spacing_um
+            spacing = voxel_size_um or check_voxel_size(vol)  # --voxel-size bypasses the header
             if method == "unet":
                 prob, mask = segment_volume(vol.data, spacing, state, overlap=overlap, threshold=threshold,
                                             sw_batch_size=sw_batch_size, tta=tta, depth_axis=depth_axis,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +19,8 @@ def register(subparsers) -> None:
                     "Writes DIR/images/<id>.nii.gz (float32 in [0, 1]), DIR/labels/<id>.nii.gz (uint8),\n"
                     "DIR/qc/<id>.png, DIR/contact_sheet.png and DIR/dataset.json (seeds, sources, all\n"
                     "sampled parameters). The same command and seed give byte-identical volumes; running it\n"
-                    "again on an interrupted folder finishes the missing samples only.")
+                    "again on an interrupted folder finishes the missing samples only (and renders again\n"
+                    "any sample whose files were truncated or damaged since).")
     p.add_argument("--out", required=True, type=Path, default=argparse.SUPPRESS, metavar="DIR",
                    help="output dataset folder (created; an existing folder of the same dataset is resumed)")
     p.add_argument("--n", required=True, type=int, default=argparse.SUPPRESS, metavar="N",
@@ -117,7 +119,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"octasim generate: {args.n} samples of {shape} voxels at {config.voxel_size_um:g} um, "
           f"profile {name}, source {source}, seed {args.seed} -> {args.out}", flush=True)
     started = time.perf_counter()
-    manifest = generate_dataset(config, args.out, args.n, workers=args.workers, progress=True, qc=not args.no_qc)
+
+    def report_broken(sid: str, path: Path) -> None:
+        print(f"octasim generate: {path} cannot be read completely (truncated or damaged since it was "
+              f"written); rendering sample {sid} again", file=sys.stderr, flush=True)
+
+    manifest = generate_dataset(config, args.out, args.n, workers=args.workers, progress=True, qc=not args.no_qc,
+                                on_broken=report_broken)
     out = manifest.parent
     print(f"done in {time.perf_counter() - started:.1f} s")
     print(f"  manifest:      {manifest}")

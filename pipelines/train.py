@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from octasim.train.config import load_config
     from octasim.train.trainer import train
 
+    if args.workers is not None and args.workers < 0:  # checked here: the config file is not to blame
+        raise ValueError(f"--workers must be 0 (load data in the main process) or more, got {args.workers}")
     cfg = load_config(args.config, {"seed": args.seed, "num_workers": args.workers})
     if not args.data and not args.on_the_fly:
         raise ValueError("no training data: give --data DIR (a folder from `octasim generate`) or --on-the-fly")

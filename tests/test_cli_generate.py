@@ -117,3 +117,20 @@ def test_depth_offset_range_is_drawn_per_sample_and_recorded(tmp_path):
     assert all(300 <= d <= 400 for d in offsets) and offsets[0] != offsets[1]
     assert manifest["config"]["label_acquisition"] is True
     assert main(["generate", "--out", str(tmp_path / "bad"), "--n", "1", "--depth-offset-um", "1", "2", "3"]) == 2
+
+
+def test_rerun_with_no_qc_renders_a_truncated_sample_again(tmp_path, capsys):
+    import nibabel as nib
+
+    out = tmp_path / "ds"
+    args = ["generate", "--out", str(out), "--n", "2", *SMALL, "--no-qc"]
+    assert main(args) == 0
+    image = out / "images" / "sample_0001.nii.gz"
+    whole = image.read_bytes()
+    image.write_bytes(whole[: len(whole) // 3])  # truncated after the run, e.g. by a failed copy
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert str(image) in err and "truncated" in err and "sample_0001" in err
+    assert image.read_bytes() == whole
+    assert np.asarray(nib.load(str(image)).dataobj).shape == (32, 32, 32)

@@ -71,6 +71,7 @@ def test_unknown_model_name_lists_the_bundled_ones(tmp_path, capsys):
 def test_segmenting_a_folder_twice_never_takes_its_outputs_as_inputs(tmp_path, ckpt, capsys):
     """Outputs written into the input folder are not segmented again, and are not silently replaced."""
     folder = tmp_path / "scans"
+    folder.mkdir()
     scan(folder / "x.nii.gz")
     args = ["segment", str(folder), "--model", str(ckpt), "--out", str(folder), "--device", "cpu"]
     assert main(args) == 0
@@ -102,7 +103,7 @@ def test_incompatible_checkpoint(tmp_path, capsys):
 def test_bad_inputs_reported_and_others_kept(tmp_path, ckpt, capsys):
     good, _ = scan(tmp_path / "good.nii.gz")
     flat = tmp_path / "flat.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), str(flat))
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.diag([0.002, 0.002, 0.002, 1.0])), str(flat))
     trunc = tmp_path / "trunc.nii.gz"
     trunc.write_bytes(good.read_bytes()[:200])
     multi = tmp_path / "multi.nii.gz"

@@ -36,3 +36,11 @@ def test_cli_train_errors(tmp_path, capsys):
     assert "stepz" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r2"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_negative_workers_is_blamed_on_the_option(tmp_path, capsys):
+    data = make_dataset(tmp_path / "ds", n=2, shape=16)
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--workers", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--workers" in err and "-1" in err
+    assert "default.yaml" not in err and "num_workers" not in err

@@ -162,6 +162,24 @@ def test_resume_remakes_only_missing(tmp_path):
     assert made == ["sample_0003"] and len(load_dataset(out)["samples"]) == 4
 
 
+def test_rerun_remakes_samples_whose_files_were_truncated(tmp_path):
+    out = tmp_path / "trunc"
+    cfg = SynthConfig(**SMALL)
+    generate_dataset(cfg, out, n=3, progress=False, qc=False)
+    before = files_of(out)
+    image = out / "images" / "sample_0000.nii.gz"
+    image.write_bytes(before["images/sample_0000.nii.gz"][: len(before["images/sample_0000.nii.gz"]) // 2])
+    label = out / "labels" / "sample_0002.nii.gz"
+    label.write_bytes(before["labels/sample_0002.nii.gz"][:-4])  # only the end of the gzip stream lost
+    made, broken = [], []
+    generate_dataset(cfg, out, n=3, progress=False, qc=False, on_sample=lambda rec: made.append(rec["id"]),
+                     on_broken=lambda sid, path: broken.append((sid, path)))
+    assert made == ["sample_0000", "sample_0002"]
+    assert broken == [("sample_0000", image), ("sample_0002", label)]
+    assert files_of(out) == before  # rendered again, byte for byte
+    assert len(load_dataset(out)["samples"]) == 3
+
+
 def test_different_dataset_in_folder_is_refused(dataset, tmp_path):
     out, _ = dataset
     with pytest.raises(DatasetError, match=r"different dataset.*seed"):

@@ -50,3 +50,40 @@ def test_checkpoint_with_code_or_wrong_version_is_refused(tmp_path):
         load_checkpoint(tmp_path / "junk.pt")
     with pytest.raises(CheckpointError, match="no such"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_unreadable_checkpoint_never_suggests_unsafe_loading(tmp_path):
+    import os
+
+    (tmp_path / "random.pt").write_bytes(os.urandom(4096))
+    torch.save({"model_state": {}, "model_config": {}, "obj": _Evil()}, tmp_path / "evil.pt")
+    for name in ("random.pt", "evil.pt"):
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(tmp_path / name)
+        text = str(info.value)
+        assert name in text and "not a readable octasim checkpoint" in text
+        assert "weights_only" not in text and "safe_globals" not in text and "trusted source" not in text
+
+
+@pytest.mark.parametrize("defect, message", [("nan_weight", "NaN or infinite"), ("inf_weight", "NaN or infinite"),
+                                             ("nan_threshold", "threshold is nan"),
+                                             ("big_threshold", "threshold is 1.5")])
+def test_checkpoint_with_nan_weights_or_bad_threshold_is_refused(tmp_path, defect, message):
+    torch.manual_seed(0)
+    weights = build_unet(TINY).state_dict()
+    key = next(k for k, v in weights.items() if v.is_floating_point())
+    state = {"model_state": weights, "model_config": TINY, "voxel_size_um": 2.0, "threshold": 0.5}
+    if defect == "nan_weight":
+        weights[key][0] = float("nan")
+    elif defect == "inf_weight":
+        weights[key][0] = float("inf")
+    elif defect == "nan_threshold":
+        state["threshold"] = float("nan")
+    else:
+        state["threshold"] = 1.5
+    path = save_checkpoint(tmp_path / "bad.pt", state)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(CheckpointError, match=message):  # a state dict given directly is checked too
+        model_from_checkpoint(state)

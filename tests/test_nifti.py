@@ -4,7 +4,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from octasim.nifti import VolumeError, list_volumes, read_volume, spacing_from_affine, write_volume
+from octasim.nifti import (VolumeError, check_voxel_size, list_volumes, read_volume, spacing_from_affine,
+                           write_volume)
 
 
 def test_round_trip_keeps_data_and_spacing_in_mm(tmp_path):
@@ -99,3 +100,21 @@ def test_grid_comparison_in_um_whatever_the_header_unit(tmp_path):
     assert grid_differences(a, b) == ["origin (centre of voxel 0, 0, 0) at (0, 0, 0) um vs (0.01, 0, 0) um"]
     b[0, 3] = 0.001  # 1/2000 of a voxel: within it
     assert grid_differences(a, b) == []
+
+
+def test_implausible_header_voxel_size_names_the_fields(tmp_path):
+    data = np.ones((4, 4, 4), np.float32)
+    unset = nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0]))  # um written without a unit: 2 mm
+    nib.save(unset, str(tmp_path / "unset.nii.gz"))
+    zero = nib.Nifti1Image(data, None)
+    zero.header["pixdim"][1:4] = 0.0  # nibabel reads 0 as 1 mm
+    nib.save(zero, str(tmp_path / "zero.nii.gz"))
+    for name, text in [("unset.nii.gz", "(2000, 2000, 2000) um (pixdim (2, 2, 2), xyzt_units 0: unit unset"),
+                       ("zero.nii.gz", "pixdim (0, 0, 0)")]:
+        with pytest.raises(VolumeError) as info:
+            check_voxel_size(read_volume(tmp_path / name))
+        message = str(info.value)
+        assert str(tmp_path / name) in message and text in message, message
+        assert "xyzt_units" in message and "--voxel-size X Y Z" in message
+    ok = write_volume(tmp_path / "ok.nii.gz", data, spacing_um=(0.994, 0.994, 5.0))
+    assert check_voxel_size(read_volume(ok)) == pytest.approx((0.994, 0.994, 5.0))

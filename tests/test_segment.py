@@ -226,3 +226,16 @@ def test_segment_files_voxel_size_override_and_loaded_state(tmp_path):
 def test_checkpoint_roundtrip_loads_weights_only(ckpt):
     state = load_checkpoint(ckpt)
     assert state["patch_size"] == [16, 16, 16]
+
+
+@pytest.mark.parametrize("method", ["unet", "otsu"])
+def test_implausible_header_voxel_size_fails_the_input_unless_given(tmp_path, ckpt, method):
+    img, _ = tube_volume((16, 16, 16))
+    src = write_nifti(tmp_path / "um_as_mm.nii.gz", img, np.diag([2.0, 2.0, 2.0, 1.0]))  # 2 "mm" per voxel
+    (res,) = segment_files([src], tmp_path / "out", model=ckpt, method=method, device="cpu", progress=False)
+    assert not res.ok and str(src) in res.error
+    assert "pixdim" in res.error and "xyzt_units" in res.error and "--voxel-size" in res.error
+    assert not (tmp_path / "out" / "um_as_mm_mask.nii.gz").exists()
+    (res,) = segment_files([src], tmp_path / "out", model=ckpt, method=method, device="cpu", progress=False,
+                           voxel_size_um=(2.0, 2.0, 2.0))  # the user's voxel size bypasses the header
+    assert res.ok

@@ -102,6 +102,26 @@ def test_unknown_key_is_named(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_config_values_are_checked_against_their_types(tmp_path):
+    yaml_file = tmp_path / "my.yaml"
+    yaml_file.write_text("optimizer:\n  lr: 1e-3\nsteps: 1e3\ndecay_fraction: 0\n")  # YAML 1.1: 1e-3 is text
+    cfg = load_config(yaml_file)
+    assert cfg.optimizer.lr == 0.001 and isinstance(cfg.optimizer.lr, float)
+    assert cfg.steps == 1000 and isinstance(cfg.steps, int) and isinstance(cfg.decay_fraction, float)
+    for text, message in [("batch_size: two\n", "batch_size: expected an integer, got 'two'"),
+                          ("optimizer: {lr: fast}\n", "optimizer.lr: expected a number, got 'fast'"),
+                          ("steps: 2.5\n", "steps: expected an integer, got 2.5"),
+                          ("model: {channels: [4, x]}\n", r"model.channels\[1\]: expected an integer"),
+                          ("loss: {batch_dice: maybe}\n", "loss.batch_dice: expected true or false"),
+                          ("crop_size: big\n", "crop_size: expected an integer or null"),
+                          ("threshold:\n", "threshold: expected a number, got null"),
+                          ("model: 3\n", "model: expected a mapping")]:
+        yaml_file.write_text(text)
+        with pytest.raises(ConfigError, match=message) as info:
+            load_config(yaml_file)
+        assert str(info.value).startswith(f"{yaml_file}: "), info.value
+
+
 def test_lr_schedule_constant_then_linear():
     from octasim.train.trainer import lr_factor
     f = [lr_factor(s, 200, 0.15) for s in range(201)]
@@ -272,6 +292,35 @@ def test_resume_is_exact(dataset, tmp_path, ema_decay):
         assert torch.equal(v, b["model_state"][k]), k
     with open(tmp_path / "split" / "metrics.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 9))
+
+
+def test_resume_with_more_steps_follows_the_new_schedule(dataset, tmp_path):
+    from octasim.train.trainer import lr_factor, train
+    cfg = tiny(calibrate_threshold=False)  # lr 0.01, decay over the last 30 %
+    train(cfg, [dataset], tmp_path / "run", steps=4, device="cpu", progress=False)  # its schedule ends at lr 0
+    train(cfg, [dataset], tmp_path / "run", steps=10, resume=True, device="cpu", progress=False)
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        lrs = {int(r["step"]): float(r["lr"]) for r in csv.DictReader(f)}
+    for done in range(5, 11):  # row `done` logs the rate of step done - 1 (0-based) of the 10-step schedule
+        assert lrs[done] == pytest.approx(0.01 * lr_factor(done - 1, 10, 0.3)), done
+    assert lrs[5] == pytest.approx(0.01)
+
+
+def test_resume_with_other_data_is_refused(dataset, tmp_path):
+    import shutil
+
+    from octasim.train.trainer import TrainError, train
+    cfg = tiny(calibrate_threshold=False)
+    other = make_dataset(tmp_path / "other", seed=1)
+    train(cfg, [dataset], tmp_path / "run", steps=8, stop_at=3, device="cpu", progress=False)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["data"][0]["path"] == str(dataset.resolve())
+    with pytest.raises(TrainError) as info:
+        train(cfg, [other], tmp_path / "run", steps=8, resume=True, device="cpu", progress=False)
+    text = str(info.value)
+    assert "last.pt" in text and str(dataset.resolve()) in text and str(other.resolve()) in text
+    moved = tmp_path / "moved"
+    shutil.copytree(dataset, moved)  # the same dataset in another folder is the same data
+    assert train(cfg, [moved], tmp_path / "run", steps=8, resume=True, device="cpu", progress=False)["step"] == 8
 
 
 def test_weight_average_is_what_checkpoints_hold(dataset, tmp_path):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,28 +193,94 @@ class TrainConfig:
 
 
 def _build(cls, data: Any, where: str, source: str):
-    """Recursively turn a mapping into dataclass ``cls``; unknown keys are errors."""
+    """Recursively turn a mapping into dataclass ``cls``; unknown keys and values of the wrong type are
+    errors naming the file and the key."""
     if data is None:
         return cls()
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: {where or 'top level'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{source}: {where or 'top level'}: expected a mapping of keys, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
         name = f"{where}.{key}" if where else str(key)
         if key not in fields:
             raise ConfigError(f"{source}: unknown key {name!r} (known: {', '.join(sorted(fields))})")
-        sub = {"model": ModelConfig, "loss": LossConfig, "optimizer": OptimizerConfig, "augment": AugmentConfig,
-               "on_the_fly": OnTheFlyConfig}.get(key) if cls is TrainConfig else None
-        if sub is not None:
-            value = _build(sub, value, name, source)
-        elif cls is OnTheFlyConfig and key == "profiles":
-            if not isinstance(value, list):
-                raise ConfigError(f"{source}: {name}: expected a list of {{name, weight}}")
-            value = [_build(ProfileWeight, {"name": v} if isinstance(v, str) else v, f"{name}[{i}]", source)
-                     for i, v in enumerate(value)]
-        kwargs[key] = value
+        kwargs[key] = _convert(value, hints[key], name, source)
     return cls(**kwargs)
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float if it is a number or a numeric string ("1e-3"), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _in_words(hint: Any) -> str:
+    """A type hint as an imaging scientist reads it in an error message."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _in_words(a) for a in args)
+    if origin is list:
+        item = args[0]
+        plural = {int: "integers", float: "numbers", bool: "true / false values", str: "texts"}
+        return f"a list of {'mappings' if dataclasses.is_dataclass(item) else plural.get(item, str(item))}"
+    if origin is dict or dataclasses.is_dataclass(hint):
+        return "a mapping of keys"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a text"}.get(hint, str(hint))
+
+
+def _convert(value: Any, hint: Any, name: str, source: str) -> Any:
+    """``value`` checked against the field's type hint: ints are accepted for numbers, numeric strings
+    (YAML 1.1 reads ``1e-3`` as text) are converted; otherwise ConfigError names the key, the file and
+    the expected type."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):  # X | None
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        try:
+            return _convert(value, inner, name, source)
+        except ConfigError:
+            pass
+    elif dataclasses.is_dataclass(hint):
+        if isinstance(value, str) and hint is ProfileWeight:  # a profile given by its name
+            value = {"name": value}
+        return _build(hint, value, name, source)
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            return [_convert(v, args[0], f"{name}[{i}]", source) for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            return value
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        number = _number(value)
+        if number is not None and number == int(number):
+            return int(number)
+    elif hint is float:
+        number = _number(value)
+        if number is not None:
+            return number
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    shown = "null (no value)" if value is None else repr(value)
+    raise ConfigError(f"{source}: {name}: expected {_in_words(hint)}, got {shown}")
 
 
 def config_from_dict(data: dict[str, Any] | None, source: str = "config") -> TrainConfig:

@@ -225,6 +225,45 @@ def _comparable(d: dict[str, Any]) -> dict[str, Any]:
                          "apply_calibrated_threshold")}
 
 
+def data_identity(dirs: Sequence[Path]) -> list[dict[str, str]]:
+    """The dataset folders of a run as recorded in its checkpoints: resolved path and SHA-256 of the
+    folder's ``dataset.json`` (a folder that was moved keeps its identity)."""
+    import hashlib
+
+    return [{"path": str(d.resolve()), "sha256": hashlib.sha256((d / "dataset.json").read_bytes()).hexdigest()}
+            for d in dirs]
+
+
+def _check_resume(state: dict[str, Any], last_path: Path, cfg: TrainConfig, data: list[dict[str, str]],
+                  on_the_fly: bool, end: int) -> None:
+    """Refuse to resume ``last.pt`` with another config, other data, another way of loading, or no steps left."""
+    saved = _comparable(state.get("train_config") or {})
+    now = _comparable(cfg.to_dict())
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if diff:
+        raise TrainError(f"{last_path}: the run was trained with a different config ({', '.join(diff)} "
+                         "differ); resume with the same config")
+    old_data = state.get("data")
+    if old_data is not None and [d["sha256"] for d in old_data] != [d["sha256"] for d in data]:
+        def names(ds: list[dict[str, str]]) -> str:
+            return ", ".join(d["path"] for d in ds) or "no --data folder"
+        raise TrainError(f"{last_path}: the run was trained on {names(old_data)}, but this resume gives "
+                         f"{names(data)}, whose dataset.json differs (another dataset, or one regenerated or "
+                         "extended since); resume with the --data the run started with, or start a new run in "
+                         "another --out folder")
+    if bool(state.get("on_the_fly", False)) != bool(on_the_fly):
+        raise TrainError(f"{last_path}: the run was {'' if state.get('on_the_fly') else 'not '}trained "
+                         "on the fly; resume it the same way")
+    saved_workers = (state.get("train_config") or {}).get("num_workers", cfg.num_workers)
+    if on_the_fly and max(1, saved_workers) != max(1, cfg.num_workers):  # each worker renders its own stream
+        raise TrainError(f"{last_path}: the run rendered its volumes with {saved_workers} loader worker(s); "
+                         f"resume it with --workers {saved_workers} to continue its data stream exactly")
+    start = int(state["step"])
+    if start >= end:
+        raise TrainError(f"{last_path}: the run is already at step {start} (asked for {end}); "
+                         "raise --steps to train longer")
+
+
 # -- the run ----------------------------------------------------------------------------------------
 
 def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | Path, steps: int | None = None,
@@ -263,12 +302,16 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
     amp = dev.type == "cuda"
     seed_everything(cfg.seed)
 
-    # data
+    # data (a resume is checked first, before minutes of loading)
     dirs = [Path(d) for d in data_dirs or []]
+    info = load_dataset_samples(dirs) if dirs or not on_the_fly else None  # manifests only: errors name the folder
+    data = data_identity(dirs)
+    state = load_checkpoint(last_path, map_location="cpu") if resume else None
+    if state is not None:
+        _check_resume(state, last_path, cfg, data, on_the_fly, end)
     if on_the_fly:
         voxel_size = float(cfg.on_the_fly.voxel_size_um)
-        if dirs:
-            info = load_dataset_samples(dirs)
+        if info is not None:
             n_val = cfg.n_val if cfg.n_val is not None else cfg.on_the_fly.n_val
             refs = split_samples(info.samples, config_from_dict({**cfg.to_dict(), "n_val": n_val}))[1] \
                 if len(info.samples) > n_val else info.samples
@@ -281,7 +324,6 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
         train_volumes = None
         n_train_samples = None
     else:
-        info = load_dataset_samples(dirs)
         voxel_size = info.voxel_size_um if info.voxel_size_um is not None else DEFAULT_VOXEL_SIZE_UM
         train_refs, val_refs = split_samples(info.samples, cfg)
         train_volumes = load_volumes(train_refs, progress, cfg)
@@ -310,31 +352,18 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(cfg.ema_decay)), use_buffers=True)
     eval_model = ema.module if ema is not None else model  # what validation and checkpoints hold
 
-    start, best_dice, best_step, seconds0, rows, state = 0, -1.0, None, 0.0, [], None
-    if resume:
-        state = load_checkpoint(last_path, map_location="cpu")
-        saved = state.get("train_config") or {}
-        diff = sorted(k for k in set(_comparable(saved)) | set(_comparable(cfg.to_dict()))
-                      if _comparable(saved).get(k) != _comparable(cfg.to_dict()).get(k))
-        if diff:
-            raise TrainError(f"{last_path}: the run was trained with a different config ({', '.join(diff)} "
-                             "differ); resume with the same config")
-        if bool(state.get("on_the_fly", False)) != bool(on_the_fly):
-            raise TrainError(f"{last_path}: the run was {'' if state.get('on_the_fly') else 'not '}trained "
-                             "on the fly; resume it the same way")
-        saved_workers = (state.get("train_config") or {}).get("num_workers", cfg.num_workers)
-        if on_the_fly and max(1, saved_workers) != max(1, cfg.num_workers):  # each worker renders its own stream
-            raise TrainError(f"{last_path}: the run rendered its volumes with {saved_workers} loader worker(s); "
-                             f"resume it with --workers {saved_workers} to continue its data stream exactly")
+    start, best_dice, best_step, seconds0, rows = 0, -1.0, None, 0.0, []
+    if state is not None:
         start = int(state["step"])
-        if start >= end:
-            raise TrainError(f"{last_path}: the run is already at step {start} (asked for {end}); "
-                             "raise --steps to train longer")
         model.load_state_dict(state.get("raw_model_state", state["model_state"]))
         if ema is not None:
             ema.load_state_dict(state["ema_state"])
         optimizer.load_state_dict(state["optimizer_state"])
         scheduler.load_state_dict(state["scheduler_state"])
+        # the optimizer holds the learning rate the old schedule gave its next step; a resume that changes
+        # --steps needs the rate of this run's schedule (the lambda above uses this call's total)
+        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base_lr * lr_factor(start, total, cfg.decay_fraction)
         scaler.load_state_dict(state["scaler_state"])
         best_dice = float(state.get("best_val_dice", -1.0))
         best_step = state.get("best_step")
@@ -362,7 +391,7 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
                 "train_voxel_range_um": [float(v) for v in train_voxel_range(cfg, voxel_size, on_the_fly)],
                 "patch_size": int(cfg.patch_size), "preprocessing": preprocessing(cfg),
                 "threshold": float(cfg.threshold), "train_config": cfg.to_dict(), "step": int(step),
-                "total_steps": total, "on_the_fly": bool(on_the_fly),
+                "total_steps": total, "on_the_fly": bool(on_the_fly), "data": data,
                 "metrics": {"val_dice": val_dice, "loss": loss, "best_val_dice": best_dice, "best_step": best_step},
                 "best_val_dice": best_dice, "best_step": best_step, "seconds": seconds0 + elapsed()}
         if full:
