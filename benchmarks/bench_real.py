@@ -18,7 +18,7 @@ issue 9: the bundled model >= 0.10 above Otsu on Dice and clDice on each stack).
 
 Modes (the ablation of the image pyramid, ``octasim.inference``): ``single`` = the training grid only;
 ``pyramid`` = the training grid and the coarser views the checkpoint allows, fused as documented;
-``max`` = the same views fused by a plain maximum (no erosion of the coarse views).
+``max`` = the same views fused by a plain maximum (coarse views not opened).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from octasim.inference import ModelGrid, interior, predict_probability, pyramid_voxel_sizes, trained_voxel_range
+from octasim.inference import ModelGrid, predict_probability, pyramid_voxel_sizes, trained_voxel_range, wide_part
 
 
 class ProbIsImage(torch.nn.Module):
@@ -94,15 +94,17 @@ def test_coarse_view_fills_wide_vessels_but_does_not_widen_thin_ones():
     p_max = predict_probability(ProbIsImage(), thin, (1.0,) * 3, grid, cpu, views_um=[1.0, 8.0], fusion="max")
     p_int = predict_probability(ProbIsImage(), thin, (1.0,) * 3, grid, cpu, views_um=[1.0, 8.0])
     p_one = predict_probability(ProbIsImage(), thin, (1.0,) * 3, grid, cpu, views_um=[1.0])
-    assert (p_int > 0.05).sum() == (p_one > 0.05).sum()   # the eroded coarse view adds nothing
+    assert (p_int > 0.05).sum() == (p_one > 0.05).sum()   # the opened coarse view adds nothing
     assert (p_max > 0.05).sum() > (p_one > 0.05).sum()    # a plain maximum widens it
 
 
-def test_interior_is_a_one_voxel_erosion():
-    p = np.zeros((7, 7, 7), np.float32)
-    p[1:6, 1:6, 1:6] = 1.0
-    e = interior(p)
-    assert e[2:5, 2:5, 2:5].min() == 1.0 and e.sum() == 27
+def test_wide_part_keeps_wide_regions_whole_and_drops_thin_ones():
+    p = np.zeros((12, 12, 12), np.float32)
+    p[1:6, 1:6, 1:6] = 1.0      # 5 voxels wide: kept, not shrunk
+    p[8, :, 3] = 1.0            # one voxel wide: removed
+    p[:, 9:11, 9:11] = 0.7      # two voxels wide: removed
+    w = wide_part(p)
+    assert w[1:6, 1:6, 1:6].min() == 1.0 and w.sum() == 125
 
 
 def test_bad_fusion_and_views_are_errors():
