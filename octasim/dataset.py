@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -763,7 +764,8 @@ def generate_dataset(config: SynthConfig, out_dir: str | Path, n: int, workers: 
                 done(_make_sample(cfg, str(out), i, qc))
         else:
             with _single_threaded_env(), ProcessPoolExecutor(
-                    max_workers=min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+                    max_workers=min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                    initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
                 pending = {pool.submit(_make_sample, cfg, str(out), i, qc) for i in todo}
                 try:
                     while pending:
@@ -791,6 +793,19 @@ def generate_dataset(config: SynthConfig, out_dir: str | Path, n: int, workers: 
         save_contact_sheet(tiles, [sample_id(i) for i in shown], out / "contact_sheet.png")
     _write_json(manifest_path, _manifest(config, n, samples, complete=True))
     return manifest_path
+
+
+def exit_with_parent(parent_pid: int, interval_s: float = 0.5) -> None:
+    """Worker initializer: end this process as soon as its parent is gone (e.g. killed with SIGKILL,
+    which gives the pool no chance to stop its workers), instead of rendering samples for nobody."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 class _single_threaded_env:

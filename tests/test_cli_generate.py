@@ -134,3 +134,49 @@ def test_rerun_with_no_qc_renders_a_truncated_sample_again(tmp_path, capsys):
     assert str(image) in err and "truncated" in err and "sample_0001" in err
     assert image.read_bytes() == whole
     assert np.asarray(nib.load(str(image)).dataobj).shape == (32, 32, 32)
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc"), reason="needs /proc to find child processes")
+def test_workers_die_with_a_killed_parent(tmp_path):
+    """SIGKILL of `octasim generate --workers 2` gives the pool no chance to stop its workers; they
+    notice their parent is gone and exit instead of rendering samples for nobody."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def children(pid: int) -> list[int]:
+        out = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = open(f"/proc/{entry}/stat").read()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry))
+        return out
+
+    def alive(pid: int) -> bool:
+        try:
+            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    out = tmp_path / "ds"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "generate", "--out", str(out), "--n", "40",
+                             "--shape", "64", "--voxel-size", "4", "--workers", "2", "--no-qc"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "images").is_dir():  # the workers are rendering by then
+        time.sleep(0.2)
+    workers = children(proc.pid)
+    assert workers, "no worker processes found"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(alive(w) for w in workers):
+        time.sleep(0.2)
+    assert not any(alive(w) for w in workers), "workers still running after their parent was killed"
