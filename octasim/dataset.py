@@ -29,6 +29,8 @@ import numpy as np
 
 from octasim import __version__
 from octasim.atomic import atomic_path
+from octasim.errors import OctasimError
+from octasim.extract import NoPatchError
 
 FORMAT = "octasim-dataset"
 FORMAT_VERSION = 1
@@ -47,12 +49,8 @@ CONTACT_SHEET_MAX = 100
 SUBDIRS = ("images", "labels", "qc", "records")
 
 
-class DatasetError(ValueError):
+class DatasetError(OctasimError):
     """A dataset folder or manifest cannot be used; the message names the folder and the problem."""
-
-
-class NoPatchError(ValueError):
-    """The vessel source yields no FOV patch; the message says which extractor rule rejected it."""
 
 
 # --------------------------------------------------------------------------- configuration

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from octasim.errors import OctasimError
 from octasim.graph import VesselGraph
 
 #: rule names, in the order they are applied (keys of ``ExtractionReport.rejected``)
@@ -28,8 +29,10 @@ RULES = ("too_few_nodes", "no_surface_vessel", "below_cortex_depth", "too_few_ed
 MAX_PILLARS = 10_000_000
 
 
-class NoPatchError(ValueError):
-    """A graph yielded no patch; the message holds the extraction report and advice."""
+class NoPatchError(OctasimError):
+    """A graph (or the vessel source of a dataset) yields no FOV patch; the message holds the extraction
+    report, which extractor rule rejected the pillars, and advice. The one class for this error:
+    :mod:`octasim.dataset` re-exports it."""
 
 
 @dataclass

@@ -6,8 +6,10 @@ from typing import Any
 
 import numpy as np
 
+from octasim.errors import OctasimError
 
-class GraphError(ValueError):
+
+class GraphError(OctasimError):
     """A vessel graph (or the file it came from) is malformed; the message names what is wrong."""
 
 
@@ -42,11 +44,13 @@ class VesselGraph:
         if len(self.radius) != len(self.edges):
             raise GraphError(f"{len(self.edges)} edges but {len(self.radius)} radii")
         for name, arr in self.node_attrs.items():
-            if len(arr) != len(self.nodes):
-                raise GraphError(f"node attribute {name!r} has {len(arr)} values for {len(self.nodes)} nodes")
+            if arr.ndim == 0 or len(arr) != len(self.nodes):
+                raise GraphError(f"node attribute {name!r} has {len(arr) if arr.ndim else 'a single'} value(s) "
+                                 f"(shape {arr.shape}) for {len(self.nodes)} nodes")
         for name, arr in self.edge_attrs.items():
-            if len(arr) != len(self.edges):
-                raise GraphError(f"edge attribute {name!r} has {len(arr)} values for {len(self.edges)} edges")
+            if arr.ndim == 0 or len(arr) != len(self.edges):
+                raise GraphError(f"edge attribute {name!r} has {len(arr) if arr.ndim else 'a single'} value(s) "
+                                 f"(shape {arr.shape}) for {len(self.edges)} edges")
 
     # ------------------------------------------------------------------ checks
     def validate(self, source: str = "graph") -> "VesselGraph":

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -159,7 +158,11 @@ def read_graph(path: str | Path, voxel_size_um: float | None = None, fmt: str | 
         graph.meta["source"] = str(source)
         graph.meta["format"] = fmt
     if drop_outside and "outside_brain" in graph.node_attrs:
-        graph = _drop_nodes(graph, graph.node_attrs["outside_brain"].astype(bool))
+        flag = graph.node_attrs["outside_brain"]
+        if flag.ndim != 1 or flag.dtype.kind not in "biu":
+            raise GraphError(f"{source}: node attribute 'outside_brain' must hold one bool per node, "
+                             f"got dtype {flag.dtype}, shape {flag.shape}")
+        graph = _drop_nodes(graph, flag.astype(bool))
     return graph.validate(source=str(source))
 
 
@@ -250,6 +253,18 @@ def _lookup(fname: Path, sids: np.ndarray, order: np.ndarray, wanted: np.ndarray
     return order[pos]
 
 
+def _numeric(fname: Path, arr: np.ndarray, what: str, integer: bool = False) -> np.ndarray:
+    """``arr`` when it holds real numbers (bool, int, float; for ``integer``, integral values); else a
+    GraphError naming the file (a corrupt header may turn an array into text, complex or raw bytes)."""
+    if arr.dtype.kind not in "biuf":
+        raise GraphError(f"{fname}: {what} must be numbers, got dtype {arr.dtype} (corrupt or foreign file)")
+    if integer and arr.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            if not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+                raise GraphError(f"{fname}: {what} must be integers")
+    return arr
+
+
 def _fmt_id(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
@@ -332,8 +347,8 @@ def _load_npy(f: Path) -> np.ndarray:
         return np.load(f, allow_pickle=False)
     except FileNotFoundError as exc:
         raise GraphFileNotFoundError(f"{f}: missing (a ClearMap graph folder needs {', '.join(CLEARMAP_FILES)})") from exc
-    except (OSError, ValueError) as exc:
-        raise GraphError(f"{f}: not a readable .npy array ({exc})") from exc
+    except Exception as exc:  # numpy raises many types for damaged headers (SyntaxError, EOFError, OverflowError...)
+        raise GraphError(f"{f}: not a readable .npy array ({type(exc).__name__}: {exc})") from exc
 
 
 def _read_clearmap(path: Path) -> tuple[VesselGraph, Path]:
@@ -349,21 +364,21 @@ def _read_clearmap(path: Path) -> tuple[VesselGraph, Path]:
         raise GraphError(f"{rf}: expected {len(edges)} radii (one per row of {ef.name}), got shape {radius.shape}")
     if len(vertices) == 0 or len(edges) == 0:
         raise GraphError(f"{folder}: empty graph ({len(vertices)} vertices, {len(edges)} edges)")
-    vertices = vertices.astype(np.float64)
+    vertices = _numeric(vf, vertices, "positions").astype(np.float64)
     bad = ~np.isfinite(vertices).all(axis=1)
     if bad.any():
         raise GraphError(f"{vf}: row {int(np.flatnonzero(bad)[0])} has NaN or infinite coordinates "
                          f"({bad.sum()} row(s) affected)")
-    if not np.issubdtype(edges.dtype, np.integer):
-        if not np.all(np.isfinite(edges)) or not np.all(edges == np.round(edges)):
-            raise GraphError(f"{ef}: vertex indices must be integers")
+    _numeric(ef, edges, "vertex indices", integer=True)
+    if edges.dtype.kind == "u" and edges.size and edges.max() > np.iinfo(np.int64).max:
+        edges = np.minimum(edges, len(vertices))  # beyond int64: dangling anyway, reported below
     edges = edges.astype(np.int64)
     bad = ((edges < 0) | (edges >= len(vertices))).any(axis=1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise GraphError(f"{ef}: row {i} refers to vertex {tuple(edges[i].tolist())} but {vf.name} holds "
                          f"{len(vertices)} vertices (dangling index; {bad.sum()} row(s) affected)")
-    radius = radius.astype(np.float64)
+    radius = _numeric(rf, radius, "radii").astype(np.float64)
     _check_radius(rf, radius, None, "radius")
     node_attrs = {}
     if gf.exists():
@@ -371,6 +386,7 @@ def _read_clearmap(path: Path) -> tuple[VesselGraph, Path]:
         region = region.reshape(-1) if region.ndim == 2 and 1 in region.shape else region
         if region.ndim != 1 or len(region) != len(vertices):
             raise GraphError(f"{gf}: expected {len(vertices)} region ids (one per vertex), got shape {region.shape}")
+        _numeric(gf, region, "region ids", integer=True)
         node_attrs = {"region": region.astype(np.int64), "outside_brain": region == 0}
     return VesselGraph(vertices, edges, radius, node_attrs), folder
 
@@ -399,7 +415,11 @@ def _section(fname: Path, rows: list[tuple[int, str]], regex: re.Pattern, start:
     for k in range(start, len(rows)):
         m = regex.match(rows[k][1])
         if m:
-            n = int(m.group(1))
+            try:
+                n = int(m.group(1))
+            except ValueError:  # more digits than Python converts (4300)
+                raise GraphError(f"{fname}, line {rows[k][0]}: {what} count {m.group(1)[:20]}... is not a "
+                                 "usable number") from None
             if k + 1 >= len(rows):
                 raise GraphError(f"{fname}, line {rows[k][0]}: file ends before the {what} header line")
             header = rows[k + 1][1].split()
@@ -451,12 +471,24 @@ def _read_secomb(path: Path) -> tuple[VesselGraph, Path]:
 _NUM_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)", re.I)
 
 
+def _float(path: Path, value, what: str) -> float:
+    """``float(value)``, or a GraphError naming the file and what the value is."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise GraphError(f"{path}: {what} is {str(value)[:40]!r}, not a number") from None
+
+
 def _pos_of(path: Path, node, data: dict) -> list[float]:
     if all(c in data for c in ("x", "y", "z")):
-        return [float(data["x"]), float(data["y"]), float(data["z"])]
+        return [_float(path, data[c], f"coordinate {c!r} of node {node}") for c in ("x", "y", "z")]
     if "pos" in data:
         p = data["pos"]
-        vals = [float(v) for v in _NUM_RE.findall(p)] if isinstance(p, str) else [float(v) for v in p]
+        if isinstance(p, str):
+            p = _NUM_RE.findall(p)
+        elif not isinstance(p, (list, tuple)):
+            p = [p]
+        vals = [_float(path, v, f"'pos' of node {node}") for v in p]
         if len(vals) != 3:
             raise GraphError(f"{path}: node {node} has a 'pos' attribute of {len(vals)} numbers, need 3 (x, y, z um)")
         return vals
@@ -482,28 +514,32 @@ def _read_networkx(path: Path, fmt: str) -> tuple[VesselGraph, Path]:
     for a, b, d in g.edges(data=True):
         if "radius" not in d:
             raise GraphError(f"{path}: edge ({a}, {b}) has no 'radius' attribute (um)")
-        r = float(d["radius"])
+        r = _float(path, d["radius"], f"the radius of edge ({a}, {b})")
         if not (np.isfinite(r) and r > 0):
             raise GraphError(f"{path}: edge ({a}, {b}) has radius {r:g}, not a positive number")
         edges.append((index[a], index[b]))
         radius.append(r)
         edata.append(d)
-    dtypes = _json_attr(path, g.graph.get("octasim_dtypes"), {})
+    dtypes = _json_attr(path, g.graph.get("octasim_dtypes"), {}, "octasim_dtypes")
     skip_n = {"x", "y", "z", "pos"} | ({"label"} if fmt == "gml" else set())
     node_attrs = {k: _as_array(v, dtypes.get(f"node:{k}")) for k, v in common_scalar_attrs(ndata, skip_n).items()}
     edge_attrs = {k: _as_array(v, dtypes.get(f"edge:{k}")) for k, v in common_scalar_attrs(edata, {"radius"}).items()}
-    meta = _json_attr(path, g.graph.get("octasim_meta"), {})
+    meta = _json_attr(path, g.graph.get("octasim_meta"), {}, "octasim_meta")
     return VesselGraph(nodes, np.array(edges, np.int64).reshape(-1, 2), np.array(radius, float),
                        node_attrs, edge_attrs, meta), path
 
 
-def _json_attr(path: Path, text, default):
+def _json_attr(path: Path, text, default: dict, name: str) -> dict:
+    """The JSON object stored as ``name`` (a graph attribute or the npz's ``meta``), or ``default``."""
     if text is None:
         return default
     try:
-        return json.loads(text)
-    except (TypeError, ValueError) as exc:
-        raise GraphError(f"{path}: graph attribute is not valid JSON ({exc})") from exc
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise GraphError(f"{path}: {name} is not valid JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise GraphError(f"{path}: {name} must be a JSON object ({{...}}), got {type(value).__name__}")
+    return value
 
 
 def _as_array(values: list, dtype: str | None) -> np.ndarray:
@@ -511,7 +547,7 @@ def _as_array(values: list, dtype: str | None) -> np.ndarray:
     if dtype is not None:
         try:
             arr = arr.astype(dtype)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # a foreign or damaged dtype note: keep the values
             pass
     return arr
 
@@ -523,8 +559,11 @@ def _read_npz(path: Path) -> tuple[VesselGraph, Path]:
             arrays = {k: z[k] for k in z.files}
     except FileNotFoundError as exc:
         raise GraphFileNotFoundError(f"{path}: no such file") from exc
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise GraphError(f"{path}: not a readable .npz archive ({exc})") from exc
+    except Exception as exc:  # zipfile, zlib and numpy raise many types for damaged archives
+        raise GraphError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from exc
+    raw = sorted(k for k, v in arrays.items() if not isinstance(v, np.ndarray))
+    if raw:  # np.load hands out members not named *.npy as raw bytes
+        raise GraphError(f"{path}: member(s) {', '.join(map(repr, raw))} are not .npy arrays (corrupt archive)")
     missing = [k for k in ("nodes", "edges", "radius") if k not in arrays]
     if missing:
         raise GraphError(f"{path}: missing array(s) {', '.join(missing)} (has: {', '.join(sorted(arrays))})")
@@ -533,7 +572,10 @@ def _read_npz(path: Path) -> tuple[VesselGraph, Path]:
         raise GraphError(f"{path}: 'nodes' must be (N, 3), got shape {nodes.shape}")
     if edges.ndim != 2 or edges.shape[1] != 2:
         raise GraphError(f"{path}: 'edges' must be (E, 2), got shape {edges.shape}")
-    meta = _json_attr(path, str(arrays["meta"]), {}) if "meta" in arrays else {}
+    _numeric(path, nodes, "'nodes'")
+    _numeric(path, edges, "'edges' (node indices)", integer=True)
+    _numeric(path, arrays["radius"], "'radius'")
+    meta = _json_attr(path, str(arrays["meta"]), {}, "'meta'") if "meta" in arrays else {}
     node_attrs = {k[len("node_attr__"):]: v for k, v in arrays.items() if k.startswith("node_attr__")}
     edge_attrs = {k[len("edge_attr__"):]: v for k, v in arrays.items() if k.startswith("edge_attr__")}
     try:

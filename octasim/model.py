@@ -9,6 +9,7 @@ import torch
 
 from octasim import __version__
 from octasim.atomic import atomic_path
+from octasim.errors import OctasimError
 
 #: Bumped when the checkpoint layout changes incompatibly; ``load_checkpoint`` refuses other values.
 CHECKPOINT_FORMAT = 1
@@ -18,7 +19,7 @@ PAPER_MODEL = {"channels": [32, 64, 128, 256, 512], "strides": [2, 2, 2, 2], "nu
                "act": "LEAKYRELU", "norm": "BATCH", "dropout": 0.3}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(OctasimError):
     """A checkpoint file cannot be used; the message names the file and the problem."""
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,11 +11,12 @@ import nibabel as nib
 import numpy as np
 
 from octasim.atomic import atomic_path
+from octasim.errors import OctasimError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-class VolumeError(ValueError):
+class VolumeError(OctasimError):
     """A volume file cannot be used; the message names the file and the problem."""
 
 
@@ -103,11 +105,35 @@ def resample_to_grid(data: np.ndarray, affine_from: np.ndarray, affine_to: np.nd
                                     cval=0.0)
 
 
+#: the errors a truncated or corrupt file gives whose message says enough without the type's name
+_READ_ERRORS = (EOFError, OSError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError, ValueError)
+#: most bytes a gzip (deflate) stream can expand one byte into; deflate's limit is about 1032
+_GZIP_MAX_RATIO = 1100
+
+
+def _check_declared_size(path: Path, img) -> None:
+    """Refuse a file too short for the voxels its header announces, before any memory is allocated
+    for them (a damaged header can announce terabytes). A .nii.gz is checked against the most a
+    gzip stream of its size can hold."""
+    proxy = img.dataobj  # the on-disk layout: shape, dtype and where the voxels start
+    shape = tuple(int(n) for n in proxy.shape)
+    dtype = np.dtype(proxy.dtype)
+    need = int(getattr(proxy, "offset", 0)) + math.prod(shape) * dtype.itemsize
+    size = path.stat().st_size
+    gz = path.name.lower().endswith(".gz")
+    if need > (size * _GZIP_MAX_RATIO if gz else size):
+        what = f"a {size}-byte gzip file can hold" if gz else f"the file holds ({size} bytes)"
+        raise VolumeError(f"{path}: the header announces {' x '.join(map(str, shape))} voxels of {dtype} "
+                          f"({need} bytes with the header), more than {what}: the file is truncated or its "
+                          "header is corrupt")
+
+
 def read_volume(path: str | Path, dtype=np.float32) -> Volume:
     """Load a 3D NIfTI (a 4D file with a single channel is squeezed) as ``dtype``.
 
-    Raises VolumeError naming the file for a missing or truncated file, a 2D image, a 4D image
-    with more than one channel, or NaN / infinite values.
+    Raises VolumeError naming the file for a missing, truncated or corrupt file (also a header that
+    announces more voxels than the file holds), a 2D image, a 4D image with more than one channel,
+    voxels that are not real numbers (complex, RGB), or NaN / infinite values.
     """
     path = Path(path)
     if not path.exists():
@@ -118,9 +144,16 @@ def read_volume(path: str | Path, dtype=np.float32) -> Volume:
         raise VolumeError(f"{path}: not a NIfTI file (expected .nii or .nii.gz){hint}")
     try:
         img = nib.load(str(path))
+        _check_declared_size(path, img)
         data = np.asarray(img.dataobj)
-    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError, ValueError) as exc:
-        raise VolumeError(f"{path}: cannot read the image, the file is truncated or corrupt ({exc})") from exc
+    except VolumeError:
+        raise
+    except Exception as exc:  # nibabel, gzip, zlib and numpy raise many types for damaged files
+        reason = str(exc) if isinstance(exc, _READ_ERRORS) else f"{type(exc).__name__}: {exc}"
+        raise VolumeError(f"{path}: cannot read the image, the file is truncated or corrupt ({reason})") from exc
+    if data.dtype.kind not in "biuf":
+        raise VolumeError(f"{path}: voxels of type {data.dtype} (e.g. complex or RGB) are not supported; "
+                          "octasim needs a single-channel image of integers or floats")
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     elif data.ndim == 5 and data.shape[3:] == (1, 1):
@@ -134,7 +167,11 @@ def read_volume(path: str | Path, dtype=np.float32) -> Volume:
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise VolumeError(f"{path}: the image contains NaN or infinite values")
     affine = img.affine if img.affine is not None else np.eye(4)
-    unit = img.header.get_xyzt_units()[0]
+    try:
+        unit = img.header.get_xyzt_units()[0]
+    except KeyError:  # nibabel knows only the NIfTI unit codes
+        raise VolumeError(f"{path}: the header field xyzt_units ({int(img.header['xyzt_units'])}) holds no valid "
+                          "NIfTI unit code; the header is corrupt") from None
     return Volume(data, np.asarray(affine, float), img.header, spacing_from_affine(affine, unit), path)
 
 

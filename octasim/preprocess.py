@@ -9,12 +9,14 @@ from typing import Sequence
 
 import numpy as np
 
+from octasim.errors import OctasimError
+
 DEPTH_AXES = {"i": 0, "j": 1, "k": 2}
 #: percentiles (%) clipped and scaled to [0, 1] before the network sees a scan, unless a checkpoint says otherwise
 CLIP_PERCENTILES = (0.5, 99.5)
 
 
-class PreprocessError(ValueError):
+class PreprocessError(OctasimError):
     """An image cannot be normalized (e.g. all voxels equal)."""
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import yaml
 
 from octasim.paths import DATA_DIR
+from octasim.errors import OctasimError
 
 #: profiles shipped in ``data/profiles/``
 PROFILE_NAMES = ("paper", "octa", "two-photon")
@@ -99,7 +100,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
 }
 
 
-class ProfileError(ValueError):
+class ProfileError(OctasimError):
     """A profile file or dict is malformed (unknown key, bad value, missing base)."""
 
 

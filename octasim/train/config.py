@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from octasim.paths import DATA_DIR
+from octasim.errors import OctasimError
 
 #: Names accepted by ``--config`` besides a YAML path.
 BUILTIN_CONFIGS = ("default", "paper", "mixed", "multiscale")
 LOSSES = ("dice", "cldice", "dice_cldice", "dice_bce")
 
 
-class ConfigError(ValueError):
+class ConfigError(OctasimError):
     """A training config cannot be used; the message names the file and the key."""
 
 

@@ -20,12 +20,13 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from octasim.train.augment import build_augmentation, seed_for
+from octasim.errors import OctasimError
 from octasim.train.config import TrainConfig
 
 MANIFEST = "dataset.json"
 
 
-class DataError(ValueError):
+class DataError(OctasimError):
     """Training data cannot be used; the message names the file and the problem."""
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from octasim.atomic import atomic_path
+from octasim.errors import OctasimError
 from octasim.inference import DEFAULT_VOXEL_SIZE_UM, ModelGrid, predict_probability
 from octasim.metrics import dice
 from octasim.model import build_unet, load_checkpoint, resolve_device, save_checkpoint
@@ -34,7 +35,7 @@ def preprocessing(cfg: TrainConfig) -> dict[str, Any]:
 METRIC_COLUMNS = ("step", "loss", "lr", "val_dice", "seconds")
 
 
-class TrainError(ValueError):
+class TrainError(OctasimError):
     """A training run cannot start or resume; the message names the folder or file."""
 
 
