@@ -11,9 +11,10 @@ import importlib
 import sys
 
 from octasim import __version__
+from octasim.errors import OctasimError
 
 #: subcommand modules, in the order ``octasim --help`` lists them
-SUBCOMMANDS = ["graph", "generate", "train", "segment", "evaluate", "convert", "demo"]
+SUBCOMMANDS = ["graph", "generate", "train", "segment", "evaluate", "convert", "model", "demo"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -52,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("octasim: interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError) as exc:  # user-facing errors: files, formats, parameters
+    except (OctasimError, OSError, ValueError) as exc:  # user-facing errors: files, formats, parameters
+        # OctasimError (every octasim error class) names the file / option; OSError and ValueError come
+        # from the standard library and third-party readers (permissions, disk full, bad numbers)
         if getattr(args, "debug", False):
             raise
         print(f"octasim {args.command}: error: {exc}", file=sys.stderr)

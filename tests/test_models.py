@@ -85,3 +85,37 @@ def test_the_bundled_model_fills_a_wide_vessel():
     recall = (mask.astype(bool) & vessel).sum() / vessel.sum()
     precision = (mask.astype(bool) & vessel).sum() / max(1, mask.sum())
     assert recall > 0.8 and precision > 0.8, (recall, precision)
+
+
+def test_segment_without_model_uses_the_bundled_one_and_says_so(tmp_path, capsys):
+    import nibabel as nib
+
+    from pipelines.cli import main
+
+    rng = np.random.default_rng(0)
+    image = (rng.random((32, 32, 16)) * 0.1).astype(np.float32)
+    image[10:14, :, 6:10] += 0.8  # a vessel along j
+    src = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(image, np.diag([0.002, 0.002, 0.002, 1.0])), str(src))
+    assert main(["segment", str(src), "--out", str(tmp_path / "seg"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"model {DEFAULT_MODEL}" in out and "views at" in out and "threshold" in out
+    mask = nib.load(str(tmp_path / "seg" / "scan_mask.nii.gz")).get_fdata()
+    assert mask.shape == image.shape and mask[10:14, :, 6:10].mean() > 0.5 and mask[20:, :, :].mean() < 0.1
+
+
+def test_model_info_lists_the_bundled_models(capsys):
+    from pipelines.cli import main
+
+    assert main(["model", "info"]) == 0
+    out = capsys.readouterr().out
+    assert DEFAULT_MODEL in out and "trained with: octasim train" in out
+
+
+def test_model_export_cli(training_checkpoint, tmp_path, capsys):
+    from pipelines.cli import main
+
+    src, _ = training_checkpoint
+    assert main(["model", "export", str(src), "--out", str(tmp_path / "x.pt"), "--command", "octasim train x"]) == 0
+    assert torch.load(tmp_path / "x.pt", weights_only=True)["model_card"]["training_command"] == "octasim train x"
+    assert "wrote" in capsys.readouterr().out

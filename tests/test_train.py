@@ -354,16 +354,7 @@ def test_loss_decreases_on_easy_problem(dataset, tmp_path):
 
 # -- threshold calibration and time budget --------------------------------------------------------------
 
-class _ProbIsImage(torch.nn.Module):
-    """A 'network' whose vessel probability is the input intensity itself (logit of the image)."""
-
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.ones(1))
-
-    def forward(self, x):
-        x = x.clamp(1e-4, 1 - 1e-4)
-        return self.w * torch.log(x / (1 - x))
+from tests.test_inference import ProbIsImage as _ProbIsImage  # noqa: E402 - probability = input
 
 
 def _graded_volume():
