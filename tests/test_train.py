@@ -430,3 +430,21 @@ def test_synth_options_are_checked():
         tiny(on_the_fly={"synth_options": {"depth_ofset_um": 100}})
     cfg = tiny(on_the_fly={"synth_options": {"depth_offset_um": [0, 300], "voxel_size_um": [1.0, 2.0]}})
     assert cfg.on_the_fly.synth_options["voxel_size_um"] == [1.0, 2.0]
+
+
+def test_init_starts_from_a_trained_model_and_checks_its_network(dataset, tmp_path):
+    from octasim.train.trainer import TrainError, train
+    cfg = tiny(steps=2, val_every=2, calibrate_threshold=False)
+    train(cfg, [dataset], tmp_path / "a", device="cpu", progress=False)
+    first = load_checkpoint(tmp_path / "a" / "last.pt")
+    # zero learning rate: the fine-tuned weights stay exactly those it started from
+    still = tiny(steps=1, val_every=1, calibrate_threshold=False, optimizer={"lr": 0.0})
+    train(still, [dataset], tmp_path / "b", device="cpu", progress=False, init=tmp_path / "a" / "last.pt")
+    tuned = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert tuned["init_from"]["path"].endswith("last.pt") and tuned["init_from"]["step"] == 2
+    for key, value in first["model_state"].items():
+        if value.is_floating_point() and "running" not in key:
+            torch.testing.assert_close(tuned["model_state"][key], value)
+    other = tiny(steps=1, calibrate_threshold=False, model={"channels": [4, 8, 16], "strides": [2, 2]})
+    with pytest.raises(TrainError, match="differs from the config's model"):
+        train(other, [dataset], tmp_path / "c", device="cpu", progress=False, init=tmp_path / "a" / "last.pt")

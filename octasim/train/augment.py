@@ -48,15 +48,18 @@ class RandDepthSlabd(Randomizable, MapTransform):
     across every slice of the slab.
     """
 
-    def __init__(self, prob: float, min_voxels: int = 4, keys=KEYS) -> None:
+    def __init__(self, prob: float, min_voxels: int = 4, log_thickness: bool = False, keys=KEYS) -> None:
         MapTransform.__init__(self, keys)
-        self.prob, self.min_voxels = float(prob), int(min_voxels)
+        self.prob, self.min_voxels, self.log_thickness = float(prob), int(min_voxels), bool(log_thickness)
         self._do, self._start, self._stop = False, 0, 0
 
     def randomize(self, depth: int) -> None:
         self._do = self.R.rand() < self.prob and depth > self.min_voxels
         if self._do:
-            thick = int(self.R.randint(self.min_voxels, depth))       # slab thickness, voxels
+            if self.log_thickness:  # every octave of thickness equally often (real stacks: 10-65 slices)
+                thick = int(np.exp(self.R.uniform(np.log(self.min_voxels), np.log(depth))))
+            else:
+                thick = int(self.R.randint(self.min_voxels, depth))   # slab thickness, voxels
             self._start = int(self.R.randint(0, depth - thick + 1))
             self._stop = self._start + thick
 
@@ -117,7 +120,7 @@ def build_augmentation(cfg: TrainConfig, include_crop: bool = False, seed: int |
         ClipLabeld(),
     ]
     if a.depth_slab_prob > 0:
-        steps.append(RandDepthSlabd(a.depth_slab_prob, a.depth_slab_min_voxels))
+        steps.append(RandDepthSlabd(a.depth_slab_prob, a.depth_slab_min_voxels, a.depth_slab_log_thickness))
     # Lazy resampling (MONAI): rotation, zoom, flips and the crop are fused into one resample that
     # computes only the patch_size^3 output, about a third cheaper per patch than resampling the crop
     # twice. It also keeps the label on the image: the label is interpolated linearly and thresholded

@@ -17,7 +17,7 @@ from octasim.paths import DATA_DIR
 from octasim.errors import OctasimError
 
 #: Names accepted by ``--config`` besides a YAML path.
-BUILTIN_CONFIGS = ("default", "paper", "mixed", "multiscale")
+BUILTIN_CONFIGS = ("default", "paper", "mixed", "multiscale", "multiscale-surface")
 LOSSES = ("dice", "cldice", "dice_cldice", "dice_bce")
 
 
@@ -75,6 +75,7 @@ class AugmentConfig:
     histogram_control_points: list[int] = field(default_factory=lambda: [5, 10])
     depth_slab_prob: float = 0.0         #: keep a random depth slab, 0 above and below (shallow stacks)
     depth_slab_min_voxels: int = 4       #: thinnest slab kept, voxels
+    depth_slab_log_thickness: bool = False  #: draw the slab thickness log-uniformly (thin slabs more often)
 
 
 @dataclass

@@ -270,7 +270,7 @@ def _check_resume(state: dict[str, Any], last_path: Path, cfg: TrainConfig, data
 def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | Path, steps: int | None = None,
           device: str = "auto", resume: bool = False, on_the_fly: bool = False, progress: bool = True,
           stop_at: int | None = None, renderer: Renderer | None = None,
-          max_seconds: float | None = None) -> dict[str, Any]:
+          max_seconds: float | None = None, init: str | Path | None = None) -> dict[str, Any]:
     """Train a 3D U-Net; write ``last.pt``, ``best.pt``, ``metrics.csv`` and ``curves.png`` in ``out_dir``.
 
     ``steps`` (optimizer steps) overrides ``config.steps`` and fixes the learning-rate schedule; ``stop_at``
@@ -339,7 +339,18 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
     channels_last = dev.type == "cpu"
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
-    if cfg.foreground_prior is not None:
+    init_from = None
+    if init is not None and not resume:  # fine-tuning: start from a trained model's weights
+        from octasim.models import resolve_model
+        init_path = resolve_model(init)
+        init_state = load_checkpoint(init_path)
+        if dict(init_state["model_config"]) != dataclasses.asdict(cfg.model):
+            raise TrainError(f"{init_path}: its network ({init_state['model_config']}) differs from the config's "
+                             f"model ({dataclasses.asdict(cfg.model)}); use a config with the same model")
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in init_state["model_state"].items()})
+        init_from = {"path": str(init_path), "step": int(init_state.get("step") or 0)}
+    elif cfg.foreground_prior is not None:
         init_output_bias(model, cfg.foreground_prior)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas),
                                  weight_decay=cfg.optimizer.weight_decay)
@@ -392,7 +403,8 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
                 "train_voxel_range_um": [float(v) for v in train_voxel_range(cfg, voxel_size, on_the_fly)],
                 "patch_size": int(cfg.patch_size), "preprocessing": preprocessing(cfg),
                 "threshold": float(cfg.threshold), "train_config": cfg.to_dict(), "step": int(step),
-                "total_steps": total, "on_the_fly": bool(on_the_fly), "data": data,
+                "total_steps": total, "on_the_fly": bool(on_the_fly),
+                "init_from": init_from if state is None else state.get("init_from"), "data": data,
                 "metrics": {"val_dice": val_dice, "loss": loss, "best_val_dice": best_dice, "best_step": best_step},
                 "best_val_dice": best_dice, "best_step": best_step, "seconds": seconds0 + elapsed()}
         if full:
