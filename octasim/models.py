@@ -25,7 +25,14 @@ BRIEF_TRAINING_STEPS = 2000
 #: checkpoint keys a bundled model keeps (everything inference and its report need)
 INFERENCE_KEYS = ("model_state", "model_config", "voxel_size_um", "train_voxel_range_um", "patch_size",
                   "preprocessing", "threshold", "threshold_calibration", "train_config", "step", "total_steps",
-                  "on_the_fly", "seconds", "best_val_dice", "best_step")
+                  "on_the_fly", "seconds", "best_val_dice", "best_step", "init_from")
+
+
+def training_totals(state: dict[str, Any]) -> tuple[int, float]:
+    """(optimizer steps, seconds) of a model's whole training, a fine-tuning's starting model included."""
+    init = state.get("init_from") or {}
+    return (int(state.get("step") or 0) + int(init.get("step") or 0),
+            float(state.get("seconds") or 0.0) + float(init.get("seconds") or 0.0))
 
 
 def bundled_models() -> list[str]:
@@ -68,7 +75,7 @@ def export_model(checkpoint: str | Path, out: str | Path, command: str, name: st
                             for k, v in state["model_state"].items()}
     small["model_card"] = {
         "name": name or Path(out).stem, "training_command": command, "source_checkpoint": Path(checkpoint).name,
-        "steps": int(state.get("step", 0)), "minutes": round(float(state.get("seconds", 0.0)) / 60.0, 1),
+        "steps": training_totals(state)[0], "minutes": round(training_totals(state)[1] / 60.0, 1),
         "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"}
     return save_checkpoint(out, small)
 
@@ -78,8 +85,9 @@ def model_summary(state: dict[str, Any], label: str) -> str:
     from octasim.inference import ModelGrid, pyramid_voxel_sizes
 
     card = state.get("model_card") or {}
-    steps = int(state.get("step") or card.get("steps") or 0)
-    minutes = float(state.get("seconds") or 0.0) / 60.0
+    steps, seconds = training_totals(state)
+    minutes = seconds / 60.0
+    stages = " in two stages (fine-tuned)" if state.get("init_from") else ""
     grid = ModelGrid.from_checkpoint(state)
     views = ", ".join(f"{v:g}" for v in pyramid_voxel_sizes(grid))
     cal = state.get("threshold_calibration") or {}
@@ -87,7 +95,7 @@ def model_summary(state: dict[str, Any], label: str) -> str:
         source = f"calibrated on {cal.get('n_volumes', '?')} synthetic validation volumes"
     else:
         source = "the training config's"
-    lines = [f"model {card.get('name', label)} ({label}): trained {steps:,} steps in {minutes:.0f} min"
+    lines = [f"model {card.get('name', label)} ({label}): trained {steps:,} steps{stages} in {minutes:.0f} min"
              f"{' on the fly' if state.get('on_the_fly') else ''}; grid {grid.voxel_size_um:g} um, "
              f"window {grid.patch_size[0]} voxels; views at {views} um; threshold "
              f"{float(state.get('threshold', 0.5)):.2f} ({source})"]

@@ -349,7 +349,8 @@ def train(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: str | P
                              f"model ({dataclasses.asdict(cfg.model)}); use a config with the same model")
         model.load_state_dict({k: v.float() if v.is_floating_point() else v
                                for k, v in init_state["model_state"].items()})
-        init_from = {"path": str(init_path), "step": int(init_state.get("step") or 0)}
+        init_from = {"path": str(init_path), "step": int(init_state.get("step") or 0),
+                     "seconds": float(init_state.get("seconds") or 0.0)}
     elif cfg.foreground_prior is not None:
         init_output_bias(model, cfg.foreground_prior)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas),
