@@ -20,7 +20,7 @@ from octasim.paths import DATA_DIR
 MODELS_DIR = DATA_DIR / "models"
 #: the model ``octasim segment`` uses when no ``--model`` is given
 DEFAULT_MODEL = "octasim-multiscale-v1"
-#: fewer optimizer steps than this: the model is reported as trained only briefly
+#: fewer optimizer steps than this: a checkpoint without a model card is reported as trained only briefly
 BRIEF_TRAINING_STEPS = 2000
 #: checkpoint keys a bundled model keeps (everything inference and its report need)
 INFERENCE_KEYS = ("model_state", "model_config", "voxel_size_um", "train_voxel_range_um", "patch_size",
@@ -99,7 +99,7 @@ def model_summary(state: dict[str, Any], label: str) -> str:
              f"{' on the fly' if state.get('on_the_fly') else ''}; grid {grid.voxel_size_um:g} um, "
              f"window {grid.patch_size[0]} voxels; views at {views} um; threshold "
              f"{float(state.get('threshold', 0.5)):.2f} ({source})"]
-    if steps < BRIEF_TRAINING_STEPS:
+    if steps < BRIEF_TRAINING_STEPS and not card:  # a bundled model's card documents its evaluation
         lines.append(f"warning: this model trained only {steps:,} steps (fewer than {BRIEF_TRAINING_STEPS:,}); "
                      "expect a rough segmentation")
     return "\n".join(lines)

@@ -44,6 +44,9 @@ def register(subparsers) -> None:
                    help="data loader worker processes (overrides the config; 0 = main process)")
     p.add_argument("--max-minutes", type=float, default=None, metavar="MIN",
                    help="stop after this many minutes of training (checkpoints written; --resume continues)")
+    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                   help="end this call at this step, with checkpoints written; the learning-rate schedule stays "
+                        "that of --steps and --resume continues the run exactly")
     p.add_argument("--init", default=None, metavar="MODEL",
                    help="start from this model's weights (a bundled model name or a checkpoint file) instead of "
                         "random ones: fine-tuning; the config's model must be the same network")
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-minutes must be positive, got {args.max_minutes}")
     m = train(cfg, args.data, args.out, steps=args.steps, device=args.device, resume=args.resume,
               on_the_fly=args.on_the_fly, progress=not args.no_progress,
-              max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes, init=args.init)
+              max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes, init=args.init,
+              stop_at=args.stop_at)
     print(f"trained {m['step']} steps in {m['seconds']:.0f} s ({m['steps_per_s']:.2f} steps/s); "
           f"validation Dice {m['val_dice']:.4f}, best {m['best_val_dice']:.4f} at step {m['best_step']}")
     cal = m.get("threshold_calibration")
