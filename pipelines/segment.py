@@ -19,8 +19,9 @@ Without --model it uses the bundled model (data/models/, see its README): no tra
 The U-Net method applies the model's preprocessing (percentile clipping, scaling to [0, 1]),
 resamples the scan from its header voxel size to the model's training voxel size (anisotropic
 scans such as 1 x 1 x 5 um work) and to coarser views of an image pyramid (so that vessels wider
-than the network's window are seen whole; a coarse view adds only the inside of what it calls
-vessel), mirrors stacks shallower than the window, runs sliding-window inference with Gaussian
+than the network's window are seen whole; a coarse view adds only what it calls vessel over at
+least 3 of its voxels), pads stacks shallower than the window with 0 (dark, as in training), runs
+sliding-window inference with Gaussian
 blending and resamples the probability back to the scan. Baselines: --method otsu (Otsu threshold of the normalized image) and --method frangi
 (Frangi vesselness for bright vessels, then Otsu); with them, --threshold is a fixed threshold on
 the normalized image / vesselness (0-1) instead of Otsu's.
