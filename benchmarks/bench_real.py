@@ -45,15 +45,15 @@ TARGET_MARGIN = 0.10
 
 def load_stacks(stack_dir: Path):
     """[(name, image (i, j, k) float32, label bool)] for every stack present in ``stack_dir``."""
-    from octasim.convert import read_tiff_volume
+    from octasim.tiff import read_tiff
 
     out = []
     for name, image_tif, label_tif in STACKS:
         if not (stack_dir / image_tif).exists():
             print(f"skipping {name}: {stack_dir / image_tif} not found", file=sys.stderr)
             continue
-        image = read_tiff_volume(stack_dir / image_tif, SPACING_UM).data.astype(np.float32)
-        label = read_tiff_volume(stack_dir / label_tif, SPACING_UM).data > 0
+        image = read_tiff(stack_dir / image_tif, SPACING_UM).data.astype(np.float32)
+        label = read_tiff(stack_dir / label_tif, SPACING_UM).data > 0
         out.append((name, image, label))
     return out
 

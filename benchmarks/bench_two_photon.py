@@ -2,7 +2,7 @@
 
 Data: ``../shared/data/two_photon_sample/`` (real in-vivo two-photon stack of mouse cortex, TIFF
 (z, y, x), voxel 0.994 x 0.994 x 5 um, manual label > 0). The stack is converted to NIfTI once
-(octasim.convert.read_tiff_volume + octasim.nifti.write_volume). Methods, all run through the
+(octasim.tiff.read_tiff + octasim.nifti.write_volume). Methods, all run through the
 command line (``pipelines.cli.main``: ``octasim train / segment / evaluate``):
 
   (a) otsu        ``octasim segment --method otsu``
@@ -53,13 +53,13 @@ TARGET_MARGIN = 0.05
 
 def convert_stack(stack_dir: Path, out: Path) -> tuple[Path, Path]:
     """TIFF (z, y, x) image and label -> NIfTI (i, j, k = depth) in out/images, out/labels."""
-    from octasim.convert import read_tiff_volume
+    from octasim.tiff import read_tiff
     from octasim.nifti import write_volume
 
     image_path, label_path = out / "images" / "stack.nii.gz", out / "labels" / "stack.nii.gz"
     if not (image_path.exists() and label_path.exists()):
-        image = read_tiff_volume(stack_dir / IMAGE_TIF, SPACING_UM)
-        label = read_tiff_volume(stack_dir / LABEL_TIF, SPACING_UM)
+        image = read_tiff(stack_dir / IMAGE_TIF, SPACING_UM)
+        label = read_tiff(stack_dir / LABEL_TIF, SPACING_UM)
         write_volume(image_path, image.data, spacing_um=SPACING_UM)
         write_volume(label_path, (label.data > 0).astype("uint8"), spacing_um=SPACING_UM)
     return image_path, label_path
@@ -83,7 +83,8 @@ def save_pictures(image_path: Path, label_path: Path, out: Path, seed: int = 3) 
     s = render_sample(cfg, 0)
     b = save_sample_qc(s.image, s.label, out / "qc_synthetic_two_photon.png",
                        title=f"synthetic two-photon (1 um grid, 5 um slices, {s.record['depth_offset_um']:.0f} um "
-                             f"below the surface start), vessel fraction {s.record['vessel_fraction']:.1%}")
+                             f"below the surface start), vessel fraction {s.record['vessel_fraction']:.1%}",
+                       spacing_um=s.record["voxel_size_um"])
     return [a, b]
 
 

@@ -13,6 +13,12 @@ Folder layout written by :func:`generate_dataset`::
     DIR/qc/<id>.png             orthogonal slices + depth projection, image and label
     DIR/records/<id>.json       per-sample record, written last: marks the sample as finished
     DIR/contact_sheet.png       depth projections of the samples
+    DIR/shards/shard_I_of_N.json  while a job array fills the folder (``shard=``): one per shard
+                                that has started (config, n, complete); removed by :func:`finalize_dataset`
+
+Samples render in this process, in a process pool (``workers``), or as one task each on a
+dask.distributed cluster (``scheduler``); a job array's tasks each render one shard (``shard``)
+and :func:`finalize_dataset` writes the shared files. The files are the same in every case.
 """
 from __future__ import annotations
 
@@ -20,10 +26,12 @@ import json
 import multiprocessing
 import os
 import time
+import uuid
+from contextlib import closing, contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -47,10 +55,29 @@ PROCEDURAL_ATTEMPTS = 8
 #: the contact sheet shows at most this many samples (the first ones)
 CONTACT_SHEET_MAX = 100
 SUBDIRS = ("images", "labels", "qc", "records")
+#: folder of the per-shard files of a job array (``generate_dataset(..., shard=(i, n))``)
+SHARDS_DIR = "shards"
+SHARD_FORMAT = "octasim-dataset-shard"
+#: how often dask runs a sample's task again after an error (a lost worker's tasks are rerun anyway)
+DASK_RETRIES = 2
+#: seconds to wait for a dask scheduler to answer
+SCHEDULER_TIMEOUT_S = 30
 
 
 class DatasetError(OctasimError):
     """A dataset folder or manifest cannot be used; the message names the folder and the problem."""
+
+
+class MissingSamplesError(DatasetError):
+    """``finalize_dataset``: samples are missing or damaged; ``indices`` lists them."""
+
+    def __init__(self, message: str, indices: list[int]):
+        super().__init__(message)
+        self.indices = list(indices)
+
+
+class ClusterError(OctasimError):
+    """The dask scheduler cannot be reached, or its workers cannot see the output folder."""
 
 
 # --------------------------------------------------------------------------- configuration
@@ -632,16 +659,15 @@ def _make_sample(config_dict: dict, out_dir: str, index: int, qc: bool) -> tuple
     sid = sample.record["id"]
     paths = _sample_paths(out, sid)
     spacing = sample.record["voxel_size_um"]  # the drawn one, for a voxel-size range
-    # world (mm) = patch coordinates: voxel (i, j, k) has its centre at (i + 0.5) * voxel size
+    # octasim's one convention: depth k points inferior, voxel (0, 0, 0)'s centre at world 0
     affine = affine_for_spacing(spacing)
-    affine[:3, 3] = np.asarray(spacing, float) / 2000.0
     write_volume(paths["image"], sample.image, affine=affine)
     write_volume(paths["label"], sample.label, affine=affine)
     if qc:
         src = sample.record["source"]
         title = (f"{sid}  seed {sample.record['seed']}  profile {config.profile_name}  "
                  f"source {Path(str(src.get('graph'))).name}  vessel fraction {sample.record['vessel_fraction']:.3f}")
-        save_sample_qc(sample.image, sample.label, paths["qc"], title=title)
+        save_sample_qc(sample.image, sample.label, paths["qc"], title=title, spacing_um=spacing)
     record = dict(sample.record)
     record.update({"image": f"images/{sid}.nii.gz", "label": f"labels/{sid}.nii.gz",
                    "qc": f"qc/{sid}.png" if qc else None})
@@ -663,13 +689,15 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix or "(root)"]
 
 
-def _remove_stale_temps(out_dir: Path) -> None:
-    """Delete temporary files an interrupted run left behind (``.<name>.tmp-<pid>...``)."""
+def _remove_stale_temps(out_dir: Path, ids: set[str] | None = None) -> None:
+    """Delete temporary files an interrupted run left behind (``.<name>.tmp-<pid>...``); with ``ids``,
+    only those of these samples (a shard must not delete the files other shards are writing)."""
     for sub in (out_dir, *(out_dir / s for s in SUBDIRS)):
         if sub.is_dir():
             for p in sub.iterdir():
                 if p.name.startswith(".") and ".tmp-" in p.name and p.is_file():
-                    p.unlink(missing_ok=True)
+                    if ids is None or p.name.split(".tmp-")[0][1:] in ids:
+                        p.unlink(missing_ok=True)
 
 
 def _manifest(config: SynthConfig, n: int, samples: list[dict], complete: bool) -> dict:
@@ -679,7 +707,7 @@ def _manifest(config: SynthConfig, n: int, samples: list[dict], complete: bool) 
 
 
 def _check_folder(out_dir: Path, config: SynthConfig) -> None:
-    """Refuse a folder that holds a different dataset or unrelated files."""
+    """Refuse a folder that holds a different dataset (manifest or shard files) or unrelated files."""
     manifest_path = out_dir / "dataset.json"
     if manifest_path.exists():
         try:
@@ -694,15 +722,189 @@ def _check_folder(out_dir: Path, config: SynthConfig) -> None:
             raise DatasetError(
                 f"{out_dir}: the folder holds a different dataset (config differs in: {', '.join(diff)}); "
                 "choose another --out folder, or repeat the original settings to resume it")
-    elif out_dir.exists() and any(p for p in out_dir.iterdir() if p.name not in SUBDIRS):
+    elif out_dir.exists() and any(p for p in out_dir.iterdir() if p.name not in (*SUBDIRS, SHARDS_DIR)):
         raise DatasetError(f"{out_dir}: the folder is not empty and holds no dataset.json; "
                            "choose a new or empty --out folder")
+    for path, data in _shard_files(out_dir):
+        diff = _diff_keys(data.get("config"), config.to_dict())
+        if diff:
+            raise DatasetError(
+                f"{path}: this shard of a job array rendered a different dataset into {out_dir} (config "
+                f"differs in: {', '.join(diff)}); repeat the shards' settings, or choose another --out folder")
 
 
+# --------------------------------------------------------------------------- shards (job arrays)
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    """``(i, n_shards)`` as ints with 0 <= i < n_shards; else OctasimError."""
+    try:
+        i, count = (int(v) for v in shard)
+    except (TypeError, ValueError) as exc:
+        raise OctasimError(f"shard must be (I, N), two integers, got {shard!r}") from exc
+    if count < 1 or not 0 <= i < count:
+        raise OctasimError(f"shard {i}/{count}: expected I/N with N >= 1 and 0 <= I < N "
+                           "(SLURM: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT with --array=0-N-1)")
+    return i, count
+
+
+def _shard_path(out_dir: Path, shard: tuple[int, int]) -> Path:
+    return out_dir / SHARDS_DIR / f"shard_{shard[0]}_of_{shard[1]}.json"
+
+
+def _shard_files(out_dir: Path) -> list[tuple[Path, dict]]:
+    """(path, content) of the shard files in ``out_dir/shards`` (one per shard that has started)."""
+    folder = out_dir / SHARDS_DIR
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.glob("shard_*_of_*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DatasetError(f"{path}: unreadable shard file ({exc}); delete it and run that shard again") from exc
+        if not isinstance(data, dict) or data.get("format") != SHARD_FORMAT:
+            raise DatasetError(f"{path}: not an octasim shard file; delete it")
+        found.append((path, data))
+    return found
+
+
+def _shard_record(config: SynthConfig, n: int, shard: tuple[int, int], complete: bool) -> dict:
+    return {"format": SHARD_FORMAT, "octasim_version": __version__, "config": config.to_dict(), "n": int(n),
+            "shard": list(shard), "complete": bool(complete)}
+
+
+def _index_list(indices: list[int], most: int = 40) -> str:
+    """``1, 3, 5`` (the first ``most``, then how many more)."""
+    text = ", ".join(str(i) for i in indices[:most])
+    return text + (f" and {len(indices) - most} more" if len(indices) > most else "")
+
+
+def _missing_message(out_dir: Path, n: int, problems: dict[int, str]) -> str:
+    """Which samples are missing or damaged, grouped by the shard(s) that should have produced them."""
+    shards = {tuple(d.get("shard", ())): d for _, d in _shard_files(out_dir)}
+    counts = sorted({int(s[1]) for s in shards if len(s) == 2})
+    groups: dict[tuple[tuple[int, int], ...], list[int]] = {}
+    for i in sorted(problems):
+        groups.setdefault(tuple((i % c, c) for c in counts), []).append(i)
+    lines = [f"{out_dir}: {len(problems)} of {n} samples are missing or damaged, so dataset.json was not written:"]
+    for owners, indices in groups.items():
+        if owners:
+            states = []
+            for owner in owners:
+                data = shards.get(owner)
+                state = ("never started" if data is None else
+                         "finished, but its files were removed or damaged since" if data.get("complete") else
+                         "started but did not finish (still running, or stopped)")
+                states.append(f"shard {owner[0]}/{owner[1]} ({state})")
+            who = " or ".join(states) + " should have produced"
+        else:
+            who = f"no shard has started (no shard file in {out_dir / SHARDS_DIR}); run --shard I/N first to produce"
+        details = "; ".join(f"{sample_id(i)}: {problems[i]}" for i in indices[:3])
+        lines.append(f"  {who} indices {_index_list(indices)} ({details}{'; ...' if len(indices) > 3 else ''})")
+    lines.append("Run those shards again with the same arguments (finished samples are skipped), then --finalize.")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- executors
+def _render(todo: list[int], cfg: dict, out: Path, qc: bool, workers: int,
+            scheduler: str | None) -> Iterator[tuple[int, dict, np.ndarray]]:
+    """Render samples ``todo`` with :func:`_make_sample`, yielding its results as they finish: in this
+    process, in a pool of ``workers`` spawned processes, or on a dask cluster (``scheduler``)."""
+    if not todo:
+        return
+    if scheduler is not None:
+        yield from _render_on_dask(todo, cfg, out, qc, scheduler, workers)
+    elif workers <= 1 or len(todo) <= 1:
+        for i in todo:
+            yield _make_sample(cfg, str(out), i, qc)
+    else:
+        with _single_threaded_env(), ProcessPoolExecutor(
+                max_workers=min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
+            pending = {pool.submit(_make_sample, cfg, str(out), i, qc) for i in todo}
+            try:
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        yield fut.result()
+            except BaseException:  # also GeneratorExit: the caller stopped early
+                for fut in pending:
+                    fut.cancel()
+                raise
+
+
+@contextmanager
+def _dask_client(scheduler: str, workers: int) -> Iterator[Any]:
+    """A ``distributed.Client`` of the scheduler at ``scheduler`` (an address such as
+    ``tcp://host:8786``), or, for ``"local"``, of a new LocalCluster of ``workers`` processes with
+    one thread each (closed afterwards)."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise ClusterError("--scheduler needs dask.distributed: pip install 'dask[distributed]'") from exc
+    if scheduler == "local":
+        with _single_threaded_env(), LocalCluster(n_workers=max(1, int(workers)), threads_per_worker=1,
+                                                  processes=True, dashboard_address=None) as cluster, \
+                Client(cluster, set_as_default=False) as client:
+            yield client
+        return
+    try:
+        client = Client(scheduler, timeout=SCHEDULER_TIMEOUT_S, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ClusterError(f"cannot reach the dask scheduler at {scheduler!r} ({exc}); start one "
+                           "(`dask scheduler`, dask-jobqueue) and give its address, or use --scheduler local") from exc
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _dask_task(marker: str, config_dict: dict, out_dir: str, index: int, qc: bool) -> tuple[int, dict, np.ndarray]:
+    """Dask task: :func:`_make_sample`, once this worker has shown that it sees the client's output
+    folder (the ``marker`` file the client wrote there); else ClusterError."""
+    if not os.path.exists(marker):
+        import socket
+
+        raise ClusterError(f"dask worker on {socket.gethostname()} cannot see {out_dir} (no {marker}): --out "
+                           "must be a folder that the client and every worker see at the same path "
+                           "(a shared filesystem)")
+    return _make_sample(config_dict, out_dir, index, qc)
+
+
+def _render_on_dask(todo: list[int], cfg: dict, out: Path, qc: bool, scheduler: str,
+                    workers: int) -> Iterator[tuple[int, dict, np.ndarray]]:
+    """One dask task per sample (retried ``DASK_RETRIES`` times on an error; a lost worker's tasks
+    are run again elsewhere by the scheduler); yields results in the order they finish."""
+    from distributed import KilledWorker, as_completed
+
+    root = out.resolve()
+    token = uuid.uuid4().hex[:12]
+    marker = root / "records" / f".dask-{token}.tmp-{os.getpid()}"
+    marker.write_text("octasim generate: dask workers check that they see this folder\n")
+    try:
+        with _dask_client(scheduler, workers) as client:
+            futures = [client.submit(_dask_task, str(marker), cfg, str(root), i, qc, retries=DASK_RETRIES,
+                                     key=f"octasim-{sample_id(i)}-{token}") for i in todo]
+            try:
+                for fut in as_completed(futures, loop=client.loop):
+                    try:
+                        result = fut.result()
+                    except KilledWorker as exc:
+                        raise ClusterError(f"dask: every worker that rendered {fut.key} died ({exc}); out of "
+                                           "memory? give the workers more memory or use a smaller --shape") from exc
+                    fut.release()
+                    yield result
+            finally:
+                client.cancel([f for f in futures if not f.done()])
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- dataset folders
 def generate_dataset(config: SynthConfig, out_dir: str | Path, n: int, workers: int = 1,
                      progress: bool = True, qc: bool = True,
                      on_sample: Callable[[dict], None] | None = None,
-                     on_broken: Callable[[str, Path], None] | None = None) -> Path:
+                     on_broken: Callable[[str, Path], None] | None = None,
+                     scheduler: str | None = None, shard: tuple[int, int] | None = None) -> Path:
     """Write ``n`` samples of ``config`` into ``out_dir``; return the path of ``dataset.json``.
 
     Resumes a folder holding the same dataset: finished samples, marked by their record file, are
@@ -711,11 +913,21 @@ def generate_dataset(config: SynthConfig, out_dir: str | Path, n: int, workers: 
     names and renamed. A folder holding a different dataset raises DatasetError naming the differing
     config keys. ``workers`` > 1 renders in that many processes (spawn); the files are identical for
     any number of workers.
-    """
-    from octasim.qc import save_contact_sheet
 
+    ``scheduler``: render on a dask.distributed cluster instead, one task per sample: a scheduler
+    address (``tcp://host:8786``; the workers must see ``out_dir`` at the same path) or ``"local"``
+    (a LocalCluster of ``workers`` processes, one thread each). A task is retried on an error, and
+    a lost worker's samples are rendered elsewhere; the files are the same as from one process.
+
+    ``shard=(i, n_shards)`` (one task of a job array): render only the samples whose index %
+    n_shards == i, write their files and ``shards/shard_<i>_of_<n_shards>.json`` but no shared
+    file, and return the shard file's path; :func:`finalize_dataset` writes dataset.json and the
+    contact sheet once every shard is done. Shards may run at the same time.
+    """
     if n < 1:
         raise ValueError(f"the number of samples must be >= 1, got {n}")
+    if shard is not None:
+        shard = check_shard(shard)
     config = config.resolved()
     out = Path(out_dir)
     _check_folder(out, config)
@@ -723,14 +935,18 @@ def generate_dataset(config: SynthConfig, out_dir: str | Path, n: int, workers: 
     patch_source_for(config)
     for sub in SUBDIRS:
         (out / sub).mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(out)
-    manifest_path = out / "dataset.json"
-    _write_json(manifest_path, _manifest(config, n, [], complete=False))
+    indices = list(range(n)) if shard is None else list(range(shard[0], n, shard[1]))
+    ids = None if shard is None else {sample_id(i) for i in indices}
+    _remove_stale_temps(out, ids)
+    if shard is None:
+        _write_json(out / "dataset.json", _manifest(config, n, [], complete=False))
+    else:  # per-shard file only: concurrent shards never write the same file
+        _write_json(_shard_path(out, shard), _shard_record(config, n, shard, complete=False))
 
     records: dict[int, dict] = {}
     mips: dict[int, np.ndarray] = {}
     todo = []
-    for i in range(n):
+    for i in indices:
         sid = sample_id(i)
         if not _is_done(out, sid, qc):
             todo.append(i)
@@ -744,7 +960,8 @@ def generate_dataset(config: SynthConfig, out_dir: str | Path, n: int, workers: 
 
     from tqdm import tqdm
 
-    bar = tqdm(total=n, initial=n - len(todo), desc="generate", unit="sample",
+    bar = tqdm(total=len(indices), initial=len(indices) - len(todo), unit="sample",
+               desc="generate" if shard is None else f"shard {shard[0]}/{shard[1]}",
                disable=None if progress else True)
     cfg = config.to_dict()
 
@@ -757,25 +974,67 @@ def generate_dataset(config: SynthConfig, out_dir: str | Path, n: int, workers: 
             on_sample(rec)
 
     try:
-        if workers <= 1 or len(todo) <= 1:
-            for i in todo:
-                done(_make_sample(cfg, str(out), i, qc))
-        else:
-            with _single_threaded_env(), ProcessPoolExecutor(
-                    max_workers=min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                    initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
-                pending = {pool.submit(_make_sample, cfg, str(out), i, qc) for i in todo}
-                try:
-                    while pending:
-                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        for fut in finished:
-                            done(fut.result())
-                except BaseException:
-                    for fut in pending:
-                        fut.cancel()
-                    raise
+        with closing(_render(todo, cfg, out, qc, workers, scheduler)) as results:
+            for result in results:
+                done(result)
     finally:
         bar.close()
+
+    _remove_stale_temps(out, ids)  # e.g. of a worker lost mid-sample
+    if shard is not None:
+        _write_json(_shard_path(out, shard), _shard_record(config, n, shard, complete=True))
+        return _shard_path(out, shard)
+    return _write_final(out, config, n, qc, records, mips)
+
+
+def finalize_dataset(config: SynthConfig, out_dir: str | Path, n: int, qc: bool = True,
+                     progress: bool = True) -> Path:
+    """After the shards of a job array (``generate_dataset(..., shard=...)``): check that each of
+    the ``n`` samples has its record, image, label (and QC picture with ``qc``), that they read
+    completely and belong to ``config``; then write the contact sheet and dataset.json. Return the
+    manifest's path. Missing or damaged samples raise MissingSamplesError naming their indices and
+    the shard that should have produced them; nothing is written then."""
+    if n < 1:
+        raise ValueError(f"the number of samples must be >= 1, got {n}")
+    config = config.resolved()
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise DatasetError(f"{out}: no such dataset folder; run the shards (--shard I/N) before --finalize")
+    _check_folder(out, config)
+    for path, data in _shard_files(out):
+        if data.get("n") != n:
+            raise DatasetError(f"{path}: the shards rendered --n {data.get('n')}, --finalize got --n {n}; "
+                               "give --finalize the shards' arguments (or delete the stale shard file)")
+    from tqdm import tqdm
+
+    records: dict[int, dict] = {}
+    problems: dict[int, str] = {}
+    needed = ["record", "image", "label"] + (["qc"] if qc else [])
+    for i in tqdm(range(n), desc="check", unit="sample", disable=None if progress else True):
+        sid = sample_id(i)
+        paths = _sample_paths(out, sid)
+        missing = [paths[k] for k in needed if not paths[k].is_file()]
+        if missing:
+            problems[i] = "missing " + ", ".join(str(p.relative_to(out)) for p in missing)
+        elif (broken := _unreadable_file(out, sid)) is not None:
+            problems[i] = f"{broken.relative_to(out)} cannot be read completely"
+        else:
+            rec = json.loads(paths["record"].read_text())
+            if rec.get("id") != sid or rec.get("seed") != sample_seed(config, i):
+                problems[i] = f"{paths['record'].relative_to(out)} belongs to another dataset (seed {rec.get('seed')})"
+            else:
+                records[i] = rec
+    if problems:
+        raise MissingSamplesError(_missing_message(out, n, problems), sorted(problems))
+    _remove_stale_temps(out)
+    return _write_final(out, config, n, qc, records, {})
+
+
+def _write_final(out: Path, config: SynthConfig, n: int, qc: bool, records: dict[int, dict],
+                 mips: dict[int, np.ndarray]) -> Path:
+    """The shared files of a finished dataset: contact sheet (``qc``; depth projections from
+    ``mips`` or read from the images) and the complete dataset.json; shard files are removed."""
+    from octasim.qc import save_contact_sheet
 
     samples = [records[i] for i in range(n)]
     if qc:
@@ -789,7 +1048,12 @@ def generate_dataset(config: SynthConfig, out_dir: str | Path, n: int, workers: 
                 mip = read_volume(out / samples[i]["image"]).data.max(axis=2)
             tiles.append(mip[..., None])
         save_contact_sheet(tiles, [sample_id(i) for i in shown], out / "contact_sheet.png")
+    manifest_path = out / "dataset.json"
     _write_json(manifest_path, _manifest(config, n, samples, complete=True))
+    for path, _ in _shard_files(out):
+        path.unlink(missing_ok=True)
+    if (out / SHARDS_DIR).is_dir() and not any((out / SHARDS_DIR).iterdir()):
+        (out / SHARDS_DIR).rmdir()
     return manifest_path
 
 

@@ -62,6 +62,14 @@ def resolve_model(spec: str | Path | None) -> Path:
     return bundled_model_path(str(spec))
 
 
+def load_model(spec: str | Path | None = None) -> dict[str, Any]:
+    """A trained model as a checkpoint dict for :func:`octasim.segment.segment_volume`: ``None`` -> the
+    default bundled model, a bundled model's name, or a checkpoint file (opened with ``weights_only``)."""
+    from octasim.model import load_checkpoint
+
+    return load_checkpoint(resolve_model(spec))
+
+
 def export_model(checkpoint: str | Path, out: str | Path, command: str, name: str | None = None) -> Path:
     """Write a bundled model from a training checkpoint: inference keys only, float16 convolution
     weights, and ``model_card`` = {name, training command, steps, minutes, hardware, octasim version}."""

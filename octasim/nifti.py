@@ -22,13 +22,18 @@ class VolumeError(OctasimError):
 
 @dataclass
 class Volume:
-    """A 3D scan: ``data`` indexed (i, j, k), the affine and header it came with, voxel size in um."""
+    """A 3D scan: ``data`` indexed (i, j, k), the affine and header it came with, voxel size in um.
+
+    ``file_axes``: for a volume read from TIFF (``header`` None), the file's order of the x, y, z
+    array axes (e.g. 'zyx'), so outputs can be written in the same layout; None for NIfTI.
+    """
 
     data: np.ndarray
     affine: np.ndarray
-    header: nib.Nifti1Header
+    header: nib.Nifti1Header | None
     spacing_um: tuple[float, float, float]
     path: Path | None = None
+    file_axes: str | None = None
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -46,9 +51,16 @@ def spacing_from_affine(affine: np.ndarray, unit: str = "mm") -> tuple[float, fl
 
 
 def affine_for_spacing(spacing_um) -> np.ndarray:
-    """Diagonal affine (mm) for a voxel size in um; origin at the first voxel's centre."""
+    """The affine (voxel index -> world, mm) of every volume octasim writes from a voxel size in um
+    along i, j, k: i points right (+x), j anterior (+y) and depth k, which increases into the brain,
+    inferior (-z), so viewers show the brain surface at the top (axis codes ``RAI``). The origin
+    (translation) is the centre of voxel (0, 0, 0), at world 0.
+
+    Files from octasim before this convention have depth pointing superior (+z, ``RAS``) and the origin
+    half a voxel from 0; they read the same (voxel size from the column norms, data untouched).
+    """
     spacing = np.broadcast_to(np.asarray(spacing_um, dtype=float), (3,))
-    return np.diag([*(spacing / 1000.0), 1.0])
+    return np.diag([spacing[0] / 1000.0, spacing[1] / 1000.0, -spacing[2] / 1000.0, 1.0])
 
 
 def affine_um(volume: Volume) -> np.ndarray:
@@ -87,6 +99,33 @@ def grid_differences(affine_a: np.ndarray, affine_b: np.ndarray, rel_tol: float 
     if np.linalg.norm(a[:3, 3] - b[:3, 3]) > voxel_tol * min(sa.min(), sb.min()):
         out.append(f"origin (centre of voxel 0, 0, 0) at {_xyz(a[:3, 3])} um vs {_xyz(b[:3, 3])} um")
     return out
+
+
+def legacy_affines_um(spacing_um) -> list[np.ndarray]:
+    """The affines (um) octasim wrote before depth pointed inferior, for a voxel size in um along i, j, k:
+    depth superior (+z, ``RAS``) with the origin at world 0 (``write_volume(spacing_um=...)``, TIFF conversion) or
+    half a voxel from it (generated samples: the patch corner at world 0)."""
+    spacing = np.broadcast_to(np.asarray(spacing_um, dtype=float), (3,))
+    plain = np.diag([*spacing, 1.0])
+    corner = plain.copy()
+    corner[:3, 3] = spacing / 2.0
+    return [plain, corner]
+
+
+def octasim_convention_change(affine_a: np.ndarray, affine_b: np.ndarray) -> bool:
+    """True when two affines (um, see :func:`affine_um`) are octasim's current one and an older
+    octasim's (:func:`legacy_affines_um`) for the same voxel size: files written from the same voxels
+    before and after depth was made to point inferior, whose arrays correspond voxel for voxel although
+    their world positions differ."""
+    a, b = np.asarray(affine_a, float), np.asarray(affine_b, float)
+    spacing = np.linalg.norm(a[:3, :3], axis=0)
+    current = affine_for_spacing(spacing)
+    current[:3, :3] *= 1000.0  # um
+    for new, old in ((a, b), (b, a)):
+        if not grid_differences(new, current) and any(not grid_differences(old, leg)
+                                                      for leg in legacy_affines_um(spacing)):
+            return True
+    return False
 
 
 def resample_to_grid(data: np.ndarray, affine_from: np.ndarray, affine_to: np.ndarray, shape,
@@ -139,7 +178,8 @@ def read_volume(path: str | Path, dtype=np.float32) -> Volume:
     if not path.exists():
         raise VolumeError(f"{path}: no such file")
     if not is_nifti(path):
-        hint = (" (convert TIFF stacks with `octasim convert FILE --out DIR --voxel-size X Y Z`)"
+        hint = (" (TIFF stacks: octasim.scan.read_scan reads both formats; `octasim segment` takes them directly "
+                "and `octasim convert FILE --out DIR` turns them into NIfTI)"
                 if path.suffix.lower() in (".tif", ".tiff") else "")
         raise VolumeError(f"{path}: not a NIfTI file (expected .nii or .nii.gz){hint}")
     try:
@@ -210,7 +250,8 @@ def write_volume(path: str | Path, data: np.ndarray, affine: np.ndarray | None =
                  spacing_um=None, header: nib.Nifti1Header | None = None) -> Path:
     """Write ``data`` as NIfTI atomically (temporary name, then rename).
 
-    Give either ``affine`` (mm, e.g. the input scan's) or ``spacing_um`` (diagonal affine).
+    Give either ``affine`` (mm, e.g. the input scan's, kept exactly) or ``spacing_um`` (voxel size in um
+    along i, j, k; the affine is :func:`affine_for_spacing`'s: depth inferior, origin at voxel 0's centre).
     With ``header`` (an input scan's) its spatial unit and qform / sform codes are kept, so the
     output overlays the input exactly; otherwise the unit is mm and both codes are 1 (scanner), so
     ITK-SNAP, Fiji, napari and 3D Slicer show the physical scale.
@@ -242,13 +283,17 @@ def write_volume(path: str | Path, data: np.ndarray, affine: np.ndarray | None =
     return path
 
 
-def list_volumes(inputs) -> list[Path]:
-    """Expand files and folders into a sorted list of NIfTI files (folders: their *.nii / *.nii.gz)."""
+def list_volumes(inputs, tiff: bool = False) -> list[Path]:
+    """Expand files and folders into a sorted list of volume files (folders: their *.nii / *.nii.gz,
+    and with ``tiff`` also *.tif / *.tiff; hidden files skipped). Files given are kept as they are."""
+    from octasim.tiff import is_tiff
+
     found: list[Path] = []
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            found.extend(sorted(p for p in item.iterdir() if is_nifti(p) and not p.name.startswith(".")))
+            found.extend(sorted(p for p in item.iterdir() if (is_nifti(p) or (tiff and is_tiff(p)))
+                                and not p.name.startswith(".")))
         else:
             found.append(item)
     return found

@@ -13,9 +13,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from octasim.nifti import NIFTI_SUFFIXES, check_voxel_size, list_volumes, read_volume, write_volume
+from octasim.nifti import NIFTI_SUFFIXES, list_volumes
 from octasim.preprocess import (CLIP_PERCENTILES, normalize_percentiles, resample, resampled_shape,
                                 to_depth_last)
+from octasim.scan import OUTPUT_FORMATS, OUTPUT_SUFFIX, check_spacing, read_scan, write_like
+from octasim.scan import output_format as _output_format
+from octasim.tiff import TIFF_SUFFIXES
 
 METHODS = ("unet", "otsu", "frangi")
 DEFAULT_CLIP_PERCENTILES = CLIP_PERCENTILES
@@ -28,11 +31,7 @@ def _clip_percentiles(state: dict[str, Any] | None) -> tuple[float, float]:
     return tuple(pre.get("clip_percentiles", DEFAULT_CLIP_PERCENTILES))
 
 
-def _check_spacing(spacing_um) -> tuple[float, float, float]:
-    spacing = tuple(float(s) for s in spacing_um)
-    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"voxel size must be three positive numbers in um, got {spacing_um}")
-    return spacing
+_check_spacing = check_spacing  # the name this module used before octasim.scan held it
 
 
 def remove_small_components(mask: np.ndarray, spacing_um: Sequence[float], min_volume_um3: float) -> np.ndarray:
@@ -165,23 +164,28 @@ class SegmentResult:
         return self.error is None
 
 
+#: suffixes :func:`output_stem` removes (longest first): NIfTI, OME-TIFF, TIFF
+_STEM_SUFFIXES = sorted((*NIFTI_SUFFIXES, *(".ome" + s for s in TIFF_SUFFIXES), *TIFF_SUFFIXES), key=len, reverse=True)
+
+
 def output_stem(path: str | Path) -> str:
-    """File name without .nii / .nii.gz."""
+    """File name without .nii / .nii.gz / .tif / .tiff (and .ome.tif / .ome.tiff)."""
     name = Path(path).name
-    for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
+    for suffix in _STEM_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
 
 
-#: suffixes of the files ``segment_files`` writes (``<name>_prob.nii.gz``, ``<name>_mask.nii.gz``)
+#: suffixes of the files ``segment_files`` writes (``<name>_prob.nii.gz``, ``<name>_mask.tif`` ...)
 OUTPUT_SUFFIXES = ("_prob", "_mask")
 
 
 def input_volumes(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
-    """(scans to segment, skipped files): NIfTI files given or found in folders, without octasim's own
-    outputs (``*_prob`` / ``*_mask``), so that segmenting a folder twice never segments its results."""
-    paths = list_volumes(inputs)
+    """(scans to segment, skipped files): NIfTI and TIFF files given or found in folders, without
+    octasim's own outputs (``*_prob`` / ``*_mask``), so that segmenting a folder twice never segments
+    its results."""
+    paths = list_volumes(inputs, tiff=True)
     skipped = [p for p in paths if output_stem(p).endswith(OUTPUT_SUFFIXES)]
     return [p for p in paths if p not in skipped], skipped
 
@@ -191,14 +195,21 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
                   sw_batch_size: int = 4, tta: bool = False, min_component_um3: float = 0.0,
                   depth_axis: str = "k", device: str = "auto", voxel_size_um: Sequence[float] | None = None,
                   sigmas_um: Sequence[float] = DEFAULT_FRANGI_SIGMAS_UM, progress: bool | None = None,
-                  views_um: Sequence[float] | None = None, overwrite: bool = False) -> list[SegmentResult]:
-    """Segment NIfTI files (or folders of them) and write, per input, into ``out_dir``:
-    ``<name>_prob.nii.gz`` (float32), ``<name>_mask.nii.gz`` (uint8), both with the input's affine
-    and header, and ``<name>_qc.png`` (mask over orthogonal slices).
+                  views_um: Sequence[float] | None = None, overwrite: bool = False, channel: int | None = None,
+                  output_format: str = "auto") -> list[SegmentResult]:
+    """Segment NIfTI and TIFF files (or folders of them) and write, per input, into ``out_dir``:
+    ``<name>_prob`` (float32) and ``<name>_mask`` (uint8 0/1) with the input's shape, and
+    ``<name>_qc.png`` (mask over orthogonal slices).
+
+    ``output_format``: 'auto' (the input's format), 'nifti' or 'tiff'. NIfTI outputs (.nii.gz) carry
+    the input's affine and header (a TIFF input's: ``affine_for_spacing`` of its voxel size); TIFF
+    outputs (.tif) have the input's axis order and ImageJ calibration in um (an input NIfTI's: pages
+    along k), so they overlay the input in Fiji. ``channel``: the channel of multi-channel TIFFs (0-based).
 
     ``model``: checkpoint path, bundled model name or loaded checkpoint dict; None: the default bundled
     model (for the baselines it only supplies the clip percentiles). ``views_um``: the pyramid's
-    voxel sizes (um), default the model's. ``voxel_size_um`` (i, j, k) overrides the headers. Files
+    voxel sizes (um), default the model's. ``voxel_size_um`` (um along i, j, k) overrides the files'
+    voxel sizes (NIfTI headers, TIFF metadata; see :func:`octasim.scan.read_scan`). Files
     named like our outputs (``*_prob``, ``*_mask``) are not taken as inputs; without ``voxel_size_um``, a
     header voxel size outside 0.05-100 um fails that input (see ``check_voxel_size``); existing outputs are
     refused unless ``overwrite``. A failing input is recorded in its result (``error``) and the others
@@ -212,10 +223,14 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+    if channel is not None and channel < 0:
+        raise ValueError(f"--channel must be >= 0 (0 = the first channel), got {channel}")
     paths, skipped = input_volumes(inputs)
     if not paths:
         extra = f" besides octasim's own outputs ({', '.join(p.name for p in skipped)})" if skipped else ""
-        raise ValueError(f"no .nii / .nii.gz files found in {', '.join(map(str, inputs))}{extra}")
+        raise ValueError(f"no .nii / .nii.gz / .tif / .tiff files found in {', '.join(map(str, inputs))}{extra}")
     stems = [output_stem(p) for p in paths]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
@@ -224,8 +239,9 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
     if voxel_size_um is not None:
         voxel_size_um = _check_spacing(voxel_size_um)
     out_dir = Path(out_dir)
-    existing = [out_dir / f"{stem}{suffix}.nii.gz" for stem in stems for suffix in OUTPUT_SUFFIXES
-                if (out_dir / f"{stem}{suffix}.nii.gz").exists()]
+    exts = [OUTPUT_SUFFIX[_output_format(p, output_format)] for p in paths]
+    existing = [out_dir / f"{stem}{suffix}{ext}" for stem, ext in zip(stems, exts) for suffix in OUTPUT_SUFFIXES
+                if (out_dir / f"{stem}{suffix}{ext}").exists()]
     if existing and not overwrite:
         raise ValueError(f"{existing[0]}{f' and {len(existing) - 1} more' if len(existing) > 1 else ''} "
                          "already exist(s) from an earlier run; pass --overwrite to replace them or choose "
@@ -245,14 +261,15 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
     out_dir.mkdir(parents=True, exist_ok=True)
 
     results = []
-    bar = tqdm(list(zip(paths, stems)), desc=f"segment ({method})", unit="vol", disable=True if progress is False else (False if progress else None))
-    for path, stem in bar:
+    bar = tqdm(list(zip(paths, stems, exts)), desc=f"segment ({method})", unit="vol",
+               disable=True if progress is False else (False if progress else None))
+    for path, stem, ext in bar:
         bar.set_postfix_str(path.name)
         res = SegmentResult(input=path)
         start = time.perf_counter()
         try:
-            vol = read_volume(path)
-            spacing = voxel_size_um or check_voxel_size(vol)  # --voxel-size bypasses the header
+            vol = read_scan(path, voxel_size_um, channel=channel)  # --voxel-size bypasses the file's
+            spacing = vol.spacing_um
             if method == "unet":
                 prob, mask = segment_volume(vol.data, spacing, state, overlap=overlap, threshold=threshold,
                                             sw_batch_size=sw_batch_size, tta=tta, depth_axis=depth_axis,
@@ -262,10 +279,8 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
             else:
                 prob, mask = frangi_segment(vol.data, spacing, sigmas_um, threshold, _clip_percentiles(state),
                                             min_component_um3=min_component_um3)
-            res.prob_path = write_volume(out_dir / f"{stem}_prob.nii.gz", prob.astype(np.float32, copy=False),
-                                         affine=vol.affine, header=vol.header)
-            res.mask_path = write_volume(out_dir / f"{stem}_mask.nii.gz", mask.astype(np.uint8, copy=False),
-                                         affine=vol.affine, header=vol.header)
+            res.prob_path = write_like(out_dir / f"{stem}_prob{ext}", prob.astype(np.float32, copy=False), vol)
+            res.mask_path = write_like(out_dir / f"{stem}_mask{ext}", mask.astype(np.uint8, copy=False), vol)
             res.vessel_fraction = float(mask.mean())
             qc_image, qc_spacing = to_depth_last(vol.data, spacing, depth_axis)  # QC draws depth (k) downwards
             qc_mask, _ = to_depth_last(mask, spacing, depth_axis)

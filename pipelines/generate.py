@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+from octasim.errors import OctasimError
+
 
 def register(subparsers) -> None:
     """Add ``generate`` to the ``octasim`` parser."""
@@ -20,7 +22,10 @@ def register(subparsers) -> None:
                     "DIR/qc/<id>.png, DIR/contact_sheet.png and DIR/dataset.json (seeds, sources, all\n"
                     "sampled parameters). The same command and seed give byte-identical volumes; running it\n"
                     "again on an interrupted folder finishes the missing samples only (and renders again\n"
-                    "any sample whose files were truncated or damaged since).")
+                    "any sample whose files were truncated or damaged since).\n"
+                    "Scaling out: --scheduler renders one task per sample on a dask.distributed cluster;\n"
+                    "--shard I/N renders one part of the set per task of a SLURM/PBS job array, and the same\n"
+                    "command with --finalize (instead of --shard) then writes dataset.json and the contact sheet.")
     p.add_argument("--out", required=True, type=Path, default=argparse.SUPPRESS, metavar="DIR",
                    help="output dataset folder (created; an existing folder of the same dataset is resumed)")
     p.add_argument("--n", required=True, type=int, default=argparse.SUPPRESS, metavar="N",
@@ -42,7 +47,23 @@ def register(subparsers) -> None:
     p.add_argument("--voxel-size", type=float, default=2.0, metavar="UM",
                    help="isotropic voxel size, um (FOV = shape x voxel size; extractor thresholds scale with it)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed; sample i uses a seed derived from (seed, i)")
-    p.add_argument("--workers", type=int, default=1, metavar="K", help="parallel worker processes")
+    p.add_argument("--workers", type=int, default=1, metavar="K",
+                   help="parallel worker processes on this machine (one thread each); with --scheduler local, the "
+                        "number of dask worker processes. The files are identical for any K")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS|local",
+                   help="render on a dask.distributed cluster, one task per sample (retried when a worker is lost): "
+                        "the running scheduler's address, e.g. tcp://node01:8786 (its workers need octasim installed "
+                        "and must see --out at the same path, i.e. a shared filesystem), or 'local' for a LocalCluster "
+                        "of --workers processes on this machine; none: --workers local processes, no dask")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="render only the samples whose index %% N == I (0 <= I < N), one task of a job array, e.g. "
+                        "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; writes per-sample files and "
+                        "DIR/shards/shard_I_of_N.json only, so shards may run at the same time into one folder; "
+                        "none: all samples")
+    p.add_argument("--finalize", action="store_true",
+                   help="after all shards: check that every sample is present and readable, then write "
+                        "dataset.json and the contact sheet (the shards' arguments, without --shard). Missing "
+                        "samples are an error naming their indices and the shard that should have produced them")
     p.add_argument("--no-qc", action="store_true", help="skip the per-sample QC PNGs and the contact sheet")
     p.add_argument("--extract", dest="extract_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a patch-extractor threshold (after scaling to the FOV), e.g. "
@@ -87,8 +108,25 @@ def _value_or_range(values: list[float], option: str):
     return values[0] if len(values) == 1 else [min(values), max(values)]
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"3/8"`` -> ``(3, 8)``, checked: 0 <= I < N."""
+    from octasim.dataset import check_shard
+
+    index, sep, count = str(text).partition("/")
+    try:
+        if not sep:
+            raise ValueError
+        shard = (int(index), int(count))
+    except ValueError:
+        raise OctasimError(f"--shard {text!r}: expected I/N, two integers, e.g. --shard 0/8") from None
+    try:
+        return check_shard(shard)
+    except OctasimError as exc:  # "shard I/N: ..." -> "--shard I/N: ..."
+        raise OctasimError(f"--{exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
-    from octasim.dataset import SynthConfig, generate_dataset
+    from octasim.dataset import SynthConfig, finalize_dataset, generate_dataset
     from octasim.profiles import load_profile
 
     if args.n < 1:
@@ -97,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--shape takes one or three integers, got {len(args.shape)}")
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    shard = None if args.shard is None else parse_shard(args.shard)
+    if args.finalize and shard is not None:
+        raise OctasimError("--finalize takes the shards' arguments without --shard "
+                           "(it checks the samples of all shards)")
     overrides = parse_assignments(args.overrides, "--set")
     spec = str(args.profile)
     if spec.lower().endswith((".yaml", ".yml")):
@@ -116,16 +158,35 @@ def run(args: argparse.Namespace) -> int:
                          label_acquisition=args.label_acquisition)
     shape = " x ".join(str(s) for s in config.shape)
     source = args.graph if args.graph else "procedural cortex"
-    print(f"octasim generate: {args.n} samples of {shape} voxels at {config.voxel_size_um:g} um, "
-          f"profile {name}, source {source}, seed {args.seed} -> {args.out}", flush=True)
+    if args.finalize:
+        what = "finalize"
+    elif shard is not None:
+        what = f"shard {shard[0]}/{shard[1]} (indices {shard[0]}, {shard[0] + shard[1]}, ...) of"
+    else:
+        what = "generate"
+    where = ""
+    if args.scheduler and not args.finalize:
+        where = (f" on a dask LocalCluster of {args.workers} workers" if args.scheduler == "local"
+                 else f" on the dask scheduler {args.scheduler}")
+    print(f"octasim generate: {what} {args.n} samples of {shape} voxels at {config.voxel_size_um:g} um, "
+          f"profile {name}, source {source}, seed {args.seed} -> {args.out}{where}", flush=True)
     started = time.perf_counter()
 
     def report_broken(sid: str, path: Path) -> None:
         print(f"octasim generate: {path} cannot be read completely (truncated or damaged since it was "
               f"written); rendering sample {sid} again", file=sys.stderr, flush=True)
 
-    manifest = generate_dataset(config, args.out, args.n, workers=args.workers, progress=True, qc=not args.no_qc,
-                                on_broken=report_broken)
+    if args.finalize:
+        manifest = finalize_dataset(config, args.out, args.n, qc=not args.no_qc, progress=True)
+    else:
+        manifest = generate_dataset(config, args.out, args.n, workers=args.workers, progress=True,
+                                    qc=not args.no_qc, on_broken=report_broken, scheduler=args.scheduler,
+                                    shard=shard)
+    if shard is not None:
+        print(f"shard {shard[0]}/{shard[1]} done in {time.perf_counter() - started:.1f} s ({manifest})")
+        print("  when every shard is done, run the same command with --finalize instead of --shard "
+              "to check the set and write dataset.json and the contact sheet")
+        return 0
     out = manifest.parent
     print(f"done in {time.perf_counter() - started:.1f} s")
     print(f"  manifest:      {manifest}")

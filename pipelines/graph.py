@@ -9,8 +9,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Defaults shown by --help. They are the library's dataclass defaults (octasim.generator.CortexParams,
+# octasim.extract.ExtractParams), copied because importing those modules (numpy, scipy: about 0.5-0.8 s)
+# would make `octasim --help` several times slower; tests/test_cli_graph.py checks the copies are equal.
+#: CortexParams.size_um
 DEFAULT_SIZE_UM = (2000.0, 2000.0, 1200.0)
+#: ExtractParams.fov_um
 DEFAULT_FOV_UM = (500.0, 500.0, 500.0)
+#: ExtractParams.min_nodes_per_pillar and .min_edges (for DEFAULT_FOV_UM; scaled to --fov-um)
+DEFAULT_MIN_NODES = 100
+DEFAULT_MIN_EDGES = 2000
+#: ExtractParams.surface_radius_um and .cortex_depth_um
+DEFAULT_SURFACE_RADIUS_UM = 13.0
+DEFAULT_CORTEX_DEPTH_UM = 3000.0
+#: generate_cortex's seed
+DEFAULT_SEED = 0
 
 
 def register(subparsers) -> None:
@@ -34,7 +47,7 @@ def register(subparsers) -> None:
     gen.add_argument("--size-um", nargs=3, type=float, default=list(DEFAULT_SIZE_UM), metavar=("X", "Y", "Z"),
                      help="block size in um: lateral x, lateral y, depth z (a block estimated above 20 million "
                           "edges, about 9 GB of memory, is refused)")
-    gen.add_argument("--seed", type=int, default=0, help="random seed (same seed, same graph)")
+    gen.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (same seed, same graph)")
     gen.set_defaults(func=run_generate)
 
     info = sub.add_parser("info", formatter_class=HelpFormatter, help="print statistics of a vessel graph",
@@ -57,12 +70,14 @@ def register(subparsers) -> None:
     ext.add_argument("--fov-um", nargs=3, type=float, default=list(DEFAULT_FOV_UM), metavar=("X", "Y", "Z"),
                      help="patch size in um: lateral x, lateral y, depth; the pillar grid uses X x Y")
     ext.add_argument("--min-nodes", type=int, default=argparse.SUPPRESS,
-                     help="minimum nodes per pillar (default: 100 per 500 x 500 um, scaled by the FOV's lateral area)")
+                     help=f"minimum nodes per pillar (default: {DEFAULT_MIN_NODES} per {DEFAULT_FOV_UM[0]:g} x "
+                          f"{DEFAULT_FOV_UM[1]:g} um, scaled by the FOV's lateral area)")
     ext.add_argument("--min-edges", type=int, default=argparse.SUPPRESS,
-                     help="minimum edges per patch (default: 2000 per 500^3 um^3, scaled by the FOV's volume)")
-    ext.add_argument("--surface-radius-um", type=float, default=13.0,
+                     help=f"minimum edges per patch (default: {DEFAULT_MIN_EDGES} per {DEFAULT_FOV_UM[0]:g} x "
+                          f"{DEFAULT_FOV_UM[1]:g} x {DEFAULT_FOV_UM[2]:g} um^3, scaled by the FOV's volume)")
+    ext.add_argument("--surface-radius-um", type=float, default=DEFAULT_SURFACE_RADIUS_UM,
                      help="edges with a larger radius (um) are surface (pial) vessels")
-    ext.add_argument("--cortex-depth-um", type=float, default=3000.0,
+    ext.add_argument("--cortex-depth-um", type=float, default=DEFAULT_CORTEX_DEPTH_UM,
                      help="depth (um) of the cortex: pillars span z <= this and patches must end above it")
     ext.add_argument("--drop-outside", action=argparse.BooleanOptionalAction, default=True,
                      help="drop nodes flagged as outside the brain (e.g. ClearMap region 0) before extracting")
@@ -164,7 +179,8 @@ def extract_params_from_args(args):
     from octasim.extract import ExtractParams
 
     params = ExtractParams(surface_radius_um=args.surface_radius_um, cortex_depth_um=args.cortex_depth_um,
-                           outside_attr="outside_brain" if args.drop_outside else None).scaled_to(args.fov_um)
+                           outside_attr=ExtractParams.outside_attr if args.drop_outside else None,
+                           ).scaled_to(args.fov_um)
     overrides = {}
     if getattr(args, "min_nodes", None) is not None:
         overrides["min_nodes_per_pillar"] = args.min_nodes

@@ -1,4 +1,4 @@
-"""``octasim segment``: vessel probability maps and masks for NIfTI scans (U-Net, Otsu or Frangi)."""
+"""``octasim segment``: vessel probability maps and masks for NIfTI / TIFF scans (U-Net, Otsu or Frangi)."""
 from __future__ import annotations
 
 import argparse
@@ -8,16 +8,24 @@ from octasim.models import DEFAULT_MODEL
 
 METHODS = ("unet", "otsu", "frangi")  # as octasim.segment.METHODS (not imported here: keeps --help fast)
 FRANGI_SIGMAS_UM = [2.0, 4.0, 8.0]  # as octasim.segment.DEFAULT_FRANGI_SIGMAS_UM
+OUTPUT_FORMATS = ("auto", "nifti", "tiff")  # as octasim.scan.OUTPUT_FORMATS
 
 
 DESCRIPTION = """\
-Segment vessels in 3D scans (.nii / .nii.gz files, or folders of them). For each input NAME,
-writes NAME_prob.nii.gz (float32 probability / score), NAME_mask.nii.gz (uint8 0/1), both with
-the input's affine and header, and NAME_qc.png (the mask over orthogonal slices) into --out.
+Segment vessels in 3D scans (.nii / .nii.gz NIfTI or .tif / .tiff stacks, or folders of them). For
+each input NAME, writes NAME_prob (float32 probability / score), NAME_mask (uint8 0/1), both with
+the input's shape, and NAME_qc.png (the mask over orthogonal slices) into --out. Outputs are in the
+input's format (--output-format): NAME_*.nii.gz with the input's affine and header, or NAME_*.tif
+with the input's axis order and ImageJ calibration (um), so they overlay the input in Fiji.
 Without --model it uses the bundled model (data/models/, see its README): no training needed.
 
+Voxel size: from the NIfTI header, or from the TIFF's OME-XML (PhysicalSizeX/Y/Z) or ImageJ
+metadata (unit, spacing, X/YResolution); --voxel-size X Y Z (um) overrides it and is required for
+TIFFs without calibration. A TIFF's axes come from the file (unnamed pages are z = depth) and are
+reordered to (x, y, z) = (i, j, k), depth last; multi-channel stacks need --channel K.
+
 The U-Net method applies the model's preprocessing (percentile clipping, scaling to [0, 1]),
-resamples the scan from its header voxel size to the model's training voxel size (anisotropic
+resamples the scan from its voxel size to the model's training voxel size (anisotropic
 scans such as 1 x 1 x 5 um work) and to coarser views of an image pyramid (so that vessels wider
 than the network's window are seen whole; a coarse view adds only what it calls vessel over at
 least 3 of its voxels), pads stacks shallower than the window with 0 (dark, as in training), runs
@@ -33,15 +41,18 @@ examples:
   octasim segment scans/ --model runs/default/best.pt --out seg/
   octasim segment scan.nii.gz --model runs/default/best.pt --out seg/ --tta --min-component-um3 500
   octasim segment stack.nii.gz --method otsu --out seg_otsu/ --voxel-size 0.994 0.994 5
+  octasim segment stack.tif --out seg/                   # Fiji / OME-TIFF: voxel size from the file
+  octasim segment stack.tif --out seg/ --voxel-size 0.994 0.994 5 --channel 1 --output-format nifti
 """
 
 
 def register(subparsers) -> None:
     from pipelines.cli import HelpFormatter
 
-    p = subparsers.add_parser("segment", help="segment vessels in NIfTI scans (U-Net, Otsu or Frangi)",
+    p = subparsers.add_parser("segment", help="segment vessels in NIfTI / TIFF scans (U-Net, Otsu or Frangi)",
                               description=DESCRIPTION, formatter_class=HelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI files (.nii / .nii.gz) or folders of them")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="NIfTI (.nii / .nii.gz) or TIFF (.tif / .tiff) files, or folders of them")
     p.add_argument("--model", default=None,
                    help="trained checkpoint (runs/NAME/best.pt) or the name of a bundled model in data/models/; "
                         "default: the bundled model " + DEFAULT_MODEL)
@@ -63,7 +74,13 @@ def register(subparsers) -> None:
                    help="array axis along depth (the OCT beam / microscope z axis) in the input files")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--voxel-size", type=float, nargs=3, metavar=("X", "Y", "Z"), default=None,
-                   help="voxel size in um along the i, j, k axes, overriding the headers")
+                   help="voxel size in um along the i, j, k axes (x, y, z = depth for TIFF stacks), overriding "
+                        "the NIfTI header / TIFF metadata; default: the file's")
+    p.add_argument("--channel", type=int, default=None, metavar="K",
+                   help="channel to segment in multi-channel TIFF stacks, 0-based (required for them)")
+    p.add_argument("--output-format", choices=OUTPUT_FORMATS, default="auto",
+                   help="format of NAME_prob / NAME_mask: auto = the input's (NIfTI -> .nii.gz, TIFF -> .tif), "
+                        "nifti (.nii.gz), tiff (.tif, ImageJ hyperstack calibrated in um)")
     p.add_argument("--views", nargs="+", default=["auto"], metavar="UM",
                    help="voxel sizes (um) of the image pyramid's views, finest first: 'auto' (the model's "
                         "training grid and coarser views up to a window of twice the widest cortical vessel, "
@@ -99,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--overlap must be in [0, 1) (a fraction of the window), got {args.overlap}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1 (windows per forward pass), got {args.batch_size}")
+    if args.channel is not None and args.channel < 0:
+        raise ValueError(f"--channel must be >= 0 (0 = the first channel), got {args.channel}")
     views = parse_views(args.views)
     model = args.model
     if args.method == "unet":
@@ -117,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
                             overlap=args.overlap, sw_batch_size=args.batch_size, tta=args.tta,
                             min_component_um3=args.min_component_um3, depth_axis=args.depth_axis,
                             device=args.device, voxel_size_um=args.voxel_size, sigmas_um=args.sigmas_um,
-                            views_um=None if isinstance(views, str) else views, overwrite=args.overwrite)
+                            views_um=None if isinstance(views, str) else views, overwrite=args.overwrite,
+                            channel=args.channel, output_format=args.output_format)
     done = [r for r in results if r.ok]
     failed = [r for r in results if not r.ok]
     for r in done:

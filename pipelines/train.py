@@ -18,6 +18,18 @@ examples:
   octasim train --on-the-fly --config mixed --out runs/unet_mixed      # random profiles per volume
   octasim train --on-the-fly --config mixed --out runs/m8 --steps 900 --max-minutes 8   # time cap
   octasim train --data DIR --out runs/paper --config paper --device cuda
+  octasim train --init octasim-multiscale-v1 --data my_labelled_scans/ --out runs/ft   # fine-tune on real labels
+  torchrun --standalone --nproc-per-node 4 -m pipelines.cli train --data DIR --out runs/ddp --config paper
+
+Fine-tuning (--init) on labelled real scans: the scans are prepared as `octasim segment` prepares them
+(percentile scaling, resampling from their header voxel size to every view of the model's image
+pyramid); with four or more scans whole scans are held out for validation, with fewer each scan's
+last quarter along its longer lateral axis. The threshold calibrated on the held-out real data is applied.
+
+Distributed training: started by torchrun with N processes (one per GPU, NCCL; or on CPU, gloo), every
+process trains on its own share of the patches (on the fly: renders its own volumes) with
+DistributedDataParallel, so the effective batch is N x batch_size per step; process 0 alone validates,
+calibrates and writes the run folder. --resume needs the same N (last.pt records it).
 """
 
 
@@ -27,16 +39,22 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a 3D U-Net on synthetic data", description=DESCRIPTION,
                               formatter_class=HelpFormatter)
     p.add_argument("--data", action="append", type=Path, default=[], metavar="DIR",
-                   help="dataset folder with dataset.json (repeat for several; with --on-the-fly: validation data)")
+                   help="a dataset folder from `octasim generate` (with dataset.json), or a folder of labelled real "
+                        "scans: NAME.nii.gz (or .tif) with NAME_label.nii.gz, or nnU-Net's imagesTr/ + labelsTr/ "
+                        "(repeat for several; with --on-the-fly: validation data)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder for checkpoints and metrics")
-    p.add_argument("--config", default="default", metavar="NAME|FILE.yaml",
-                   help="training config: default (small, CPU), paper (reference recipe), mixed "
-                        "(on the fly, random profiles) or a YAML file")
+    p.add_argument("--config", default=None, metavar="NAME|FILE.yaml",
+                   help="training config: default (small, CPU), paper (reference recipe), mixed (on the fly, "
+                        "random profiles), multiscale (the bundled model's recipe), finetune (few real scans) or a "
+                        "YAML file; keys it leaves out come from default.yaml, or with --init from the starting "
+                        "model's own config. Default: default, or finetune with --init")
     p.add_argument("--steps", type=int, default=None, metavar="N",
                    help="optimizer steps of the whole run (overrides the config; sets the lr schedule)")
     p.add_argument("--device", default="auto",
-                   help="where to train: auto (CUDA when available), cpu, cuda or cuda:N (AMP on CUDA, fp32 on CPU)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly from its last.pt")
+                   help="where to train: auto (CUDA when available), cpu, cuda or cuda:N (AMP on CUDA, fp32 on CPU; "
+                        "under torchrun: auto, cpu or cuda, each process on GPU LOCAL_RANK)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out exactly from its last.pt (under torchrun: with as many processes)")
     p.add_argument("--on-the-fly", action="store_true",
                    help="render fresh training volumes in loader workers instead of reading --data")
     p.add_argument("--seed", type=int, default=None, metavar="S", help="random seed (overrides the config)")
@@ -50,6 +68,10 @@ def register(subparsers) -> None:
     p.add_argument("--init", default=None, metavar="MODEL",
                    help="start from this model's weights (a bundled model name or a checkpoint file) instead of "
                         "random ones: fine-tuning; the config's model must be the same network")
+    p.add_argument("--synthetic-fraction", type=float, default=None, metavar="F",
+                   help="with --data: share of training patches (0-1) drawn from synthetic volumes rendered at the "
+                        "start, so a few real scans do not make the model forget the rest (config key "
+                        "synthetic_fraction; finetune: 0.25, others: 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -60,15 +82,27 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 0:  # checked here: the config file is not to blame
         raise ValueError(f"--workers must be 0 (load data in the main process) or more, got {args.workers}")
-    cfg = load_config(args.config, {"seed": args.seed, "num_workers": args.workers})
+    base = None
+    if args.init is not None:  # fine-tuning: the starting model's own config fills what --config leaves out
+        from octasim.model import load_checkpoint
+        from octasim.models import resolve_model
+        base = load_checkpoint(resolve_model(args.init)).get("train_config")
+    config = args.config or ("finetune" if args.init is not None else "default")
+    cfg = load_config(config, {"seed": args.seed, "num_workers": args.workers,
+                               "synthetic_fraction": args.synthetic_fraction}, base=base)
     if not args.data and not args.on_the_fly:
-        raise ValueError("no training data: give --data DIR (a folder from `octasim generate`) or --on-the-fly")
+        raise ValueError("no training data: give --data DIR (a folder from `octasim generate`, or of labelled real scans) "
+                         "or --on-the-fly")
     if args.max_minutes is not None and args.max_minutes <= 0:
         raise ValueError(f"--max-minutes must be positive, got {args.max_minutes}")
     m = train(cfg, args.data, args.out, steps=args.steps, device=args.device, resume=args.resume,
               on_the_fly=args.on_the_fly, progress=not args.no_progress,
               max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes, init=args.init,
               stop_at=args.stop_at)
+    if m.get("rank", 0) != 0:  # torchrun: process 0 reports
+        return 0
+    if m.get("world_size", 1) > 1:
+        print(f"{m['world_size']} processes, effective batch {m['effective_batch_size']} patches per step")
     print(f"trained {m['step']} steps in {m['seconds']:.0f} s ({m['steps_per_s']:.2f} steps/s); "
           f"validation Dice {m['val_dice']:.4f}, best {m['best_val_dice']:.4f} at step {m['best_step']}")
     cal = m.get("threshold_calibration")

@@ -1,3 +1,4 @@
+"""`octasim evaluate` run in-process; the library (pairing, grids, TIFF) is tested in test_evaluate.py."""
 import csv
 import json
 
@@ -6,7 +7,6 @@ import numpy as np
 import pytest
 
 from pipelines.cli import main
-from pipelines.evaluate import file_key, pair_files
 
 
 def save(path, data, affine=None):
@@ -27,33 +27,6 @@ def cube_pair(shift=0):
 def read_csv(path):
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-def test_file_key_and_pairing_rules(tmp_path):
-    assert file_key(tmp_path / "sample_0003_mask.nii.gz") == "sample_0003"
-    assert file_key(tmp_path / "sample_0003.nii.gz") == "sample_0003"
-    assert file_key(tmp_path / "scan_label.nii") == "scan"
-    preds = [tmp_path / "b_mask.nii.gz", tmp_path / "a_mask.nii.gz"]
-    labels = [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"]
-    pairs = pair_files(preds, labels)
-    assert [(p.name, q.name) for p, q in pairs] == [("b_mask.nii.gz", "b.nii.gz"), ("a_mask.nii.gz", "a.nii.gz")]
-    # one file of each: paired as given, whatever the names
-    assert pair_files([tmp_path / "x.nii"], labels[:1]) == [(tmp_path / "x.nii", labels[0])]
-    with pytest.raises(ValueError, match="1 predictions and 2 labels do not match.*without a prediction: b.nii.gz"):
-        pair_files(preds[1:], labels)
-    with pytest.raises(ValueError, match="two labels have the name 'a'"):
-        pair_files(preds, [tmp_path / "a.nii.gz", tmp_path / "a_label.nii"])
-
-
-def test_names_not_matching_one_to_one_are_refused_not_paired_in_sorted_order(tmp_path):
-    preds = [tmp_path / f"{n}.nii.gz" for n in ("scan1", "scan10", "scan2")]
-    labels = [tmp_path / f"{n}.nii.gz" for n in ("s01", "s02", "s10")]
-    with pytest.raises(ValueError) as info:
-        pair_files(preds, labels)
-    msg = str(info.value)
-    assert "3 predictions and 3 labels do not match one to one by name" in msg
-    assert "Predictions without a label: scan1.nii.gz, scan10.nii.gz, scan2.nii.gz" in msg
-    assert "Labels without a prediction: s01.nii.gz, s02.nii.gz, s10.nii.gz" in msg
 
 
 def test_known_dice_per_volume_and_mean(tmp_path, capsys):
@@ -207,3 +180,40 @@ def test_resample_pred_help(capsys):
         main(["evaluate", "--help"])
     text = capsys.readouterr().out
     assert "--resample-pred" in text and "nearest neighbour" in text and "sorted order" not in text
+
+
+def test_segment_tiff_then_evaluate_against_tiff_labels(tmp_path, capsys):
+    import tifffile
+
+    from octasim.tiff import write_tiff
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "images").mkdir()
+    for n in range(2):
+        label = np.zeros((20, 20, 20), np.uint8)
+        label[8:12, :, 8 + n:12 + n] = 1
+        write_tiff(tmp_path / "labels" / f"s{n}_label.tif", label, (2.0, 2.0, 3.0))
+        image = (0.2 + 0.6 * label + rng.normal(0, 0.05, label.shape)).astype(np.float32)
+        write_tiff(tmp_path / "images" / f"s{n}.tif", image, (2.0, 2.0, 3.0))
+    assert main(["segment", str(tmp_path / "images"), "--method", "otsu", "--out", str(tmp_path / "seg")]) == 0
+    assert (tmp_path / "seg" / "s0_mask.tif").exists()
+    out = tmp_path / "r.csv"
+    assert main(["evaluate", "--pred", str(tmp_path / "seg"), "--prob", str(tmp_path / "seg"),
+                 "--label", str(tmp_path / "labels"), "--out", str(out)]) == 0
+    assert "s1_mask.tif <-> s1_label.tif  (probabilities: s1_prob.tif)" in capsys.readouterr().out
+    rows = read_csv(out)
+    assert len(rows) == 3 and all(float(r["dice"]) > 0.95 and float(r["roc_auc"]) > 0.99 for r in rows)
+    # an uncalibrated TIFF label of another shape needs --voxel-size (and --resample-pred)
+    raw = tmp_path / "raw" / "s0.tif"
+    raw.parent.mkdir()
+    tifffile.imwrite(raw, np.zeros((20, 20, 10), np.uint8))
+    args = ["evaluate", "--pred", str(tmp_path / "seg" / "s0_mask.tif"), "--label", str(raw), "--no-topology"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(raw) in err and "no voxel size" in err and "--voxel-size X Y Z" in err
+    assert main(args + ["--voxel-size", "2", "2", "3", "--resample-pred"]) == 0
+    text = capsys.readouterr().out
+    assert "resampled s0_mask.tif onto the grid of s0.tif: shape (20, 20, 20) vs (10, 20, 20)" in text
+    assert main(args + ["--voxel-size", "2", "0", "3"]) == 2
+    assert "voxel size must be three positive numbers" in capsys.readouterr().err

@@ -108,6 +108,41 @@ def test_help_names_units_and_defaults(capsys):
     assert "um" in text and "default: 13.0" in text and "default: 3000.0" in text
 
 
+def test_cli_defaults_are_the_library_defaults():
+    """pipelines.graph copies the dataclass defaults (importing numpy / scipy would slow `--help`): same values."""
+    import inspect
+
+    from octasim.extract import ExtractParams
+    from octasim.generator import CortexParams, generate_cortex
+    from pipelines import graph
+    from pipelines.cli import build_parser
+    from pipelines.graph import extract_params_from_args
+
+    extract, cortex = ExtractParams(), CortexParams()
+    assert graph.DEFAULT_SIZE_UM == tuple(cortex.size_um)
+    assert graph.DEFAULT_FOV_UM == tuple(extract.fov_um)
+    assert graph.DEFAULT_MIN_NODES == extract.min_nodes_per_pillar
+    assert graph.DEFAULT_MIN_EDGES == extract.min_edges
+    assert graph.DEFAULT_SURFACE_RADIUS_UM == extract.surface_radius_um
+    assert graph.DEFAULT_CORTEX_DEPTH_UM == extract.cortex_depth_um
+    assert graph.DEFAULT_SEED == inspect.signature(generate_cortex).parameters["seed"].default
+    # what the parsers hand to the library without options
+    parser = build_parser()
+    args = parser.parse_args(["graph", "extract", "g.npz", "--out", "d"])
+    assert extract_params_from_args(args) == extract
+    args = parser.parse_args(["graph", "generate", "--out", "g.npz"])
+    assert tuple(args.size_um) == tuple(cortex.size_um) and args.seed == graph.DEFAULT_SEED
+
+
+def test_graph_command_module_imports_no_numpy():
+    """Why the defaults above are copies: `octasim graph --help` must not load numpy / scipy."""
+    import subprocess
+    import sys
+
+    code = "import sys, pipelines.graph; assert 'numpy' not in sys.modules, 'numpy loaded'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
 REAL = str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vesselgraph_example" / "example_nodes.csv")
 
 

@@ -127,3 +127,84 @@ def test_bad_option_values(tmp_path, capsys):
     assert "--threshold" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["segment", str(src), "--method", "magic", "--out", str(tmp_path / "s")])
+
+
+def tiff_scan(path, shape_zyx=(16, 24, 24), spacing_um=(1.0, 1.0, 2.0), channels=0):
+    """A (z, y, x) ImageJ stack with a bright tube along y, calibrated in um (x, y, z); with ``channels``
+    a ZCYX stack whose channel 1 holds the tube. Returns (path, tube (z, y, x))."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    k, _, i = np.meshgrid(*(np.arange(n) for n in shape_zyx), indexing="ij")
+    tube = (i - shape_zyx[2] / 2) ** 2 + (k - shape_zyx[0] / 2) ** 2 <= 9
+    img = (rng.normal(0.2, 0.05, shape_zyx) + 0.8 * tube).astype(np.float32)
+    axes = "ZYX"
+    if channels:
+        img = np.stack([rng.normal(0.5, 0.05, shape_zyx).astype(np.float32), img], axis=1)
+        axes = "ZCYX"
+    sx, sy, sz = spacing_um
+    tifffile.imwrite(path, img, imagej=True, resolution=(1 / sx, 1 / sy),
+                     metadata={"axes": axes, "spacing": sz, "unit": "micron"})
+    return path, tube
+
+
+def test_tiff_input_gives_tiff_outputs_in_its_layout_and_calibration(tmp_path, capsys):
+    import tifffile
+
+    src, tube = tiff_scan(tmp_path / "stack.tif")
+    out = tmp_path / "seg"
+    assert main(["segment", str(src), "--method", "otsu", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["stack_mask.tif", "stack_prob.tif", "stack_qc.png"]
+    with tifffile.TiffFile(out / "stack_mask.tif") as tif:
+        mask = tif.asarray()
+        assert tif.imagej_metadata["spacing"] == pytest.approx(2.0) and tif.imagej_metadata["unit"] == "um"
+        num, den = tif.pages[0].tags["XResolution"].value
+        assert den / num == pytest.approx(1.0)
+    assert mask.shape == (16, 24, 24) and mask.dtype == np.uint8  # the input's (z, y, x) shape
+    assert (mask.astype(bool) == tube).mean() > 0.98
+    prob = tifffile.imread(out / "stack_prob.tif")
+    assert prob.shape == (16, 24, 24) and prob.dtype == np.float32
+    assert "stack_mask.tif" in capsys.readouterr().out
+    # the outputs in the input's folder are not taken as inputs the next time
+    assert main(["segment", str(tmp_path), str(out), "--method", "otsu", "--out", str(tmp_path / "again")]) == 0
+    assert sorted(p.name for p in (tmp_path / "again").glob("*_mask.tif")) == ["stack_mask.tif"]
+
+
+def test_tiff_channel_and_nifti_output(tmp_path, capsys):
+    src, tube = tiff_scan(tmp_path / "two.tif", spacing_um=(1.0, 1.0, 2.0), channels=2)
+    out = tmp_path / "seg"
+    assert main(["segment", str(src), "--method", "otsu", "--out", str(out), "--output-format", "nifti"]) == 1
+    assert "--channel K" in capsys.readouterr().err
+    assert main(["segment", str(src), "--method", "otsu", "--out", str(out), "--output-format", "nifti",
+                 "--channel", "1"]) == 0
+    img = nib.load(str(out / "two_mask.nii.gz"))
+    assert img.shape == (24, 24, 16) and np.allclose(img.header.get_zooms(), (0.001, 0.001, 0.002))
+    mask = np.asarray(img.dataobj)
+    assert (mask.astype(bool) == tube.transpose(2, 1, 0)).mean() > 0.98  # (x, y, z), depth last
+    assert (out / "two_prob.nii.gz").exists()
+
+
+def test_uncalibrated_tiff_needs_voxel_size(tmp_path, capsys):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "raw.tif", np.random.default_rng(0).random((8, 16, 16)).astype(np.float32),
+                     photometric="minisblack")
+    out = tmp_path / "seg"
+    assert main(["segment", str(tmp_path / "raw.tif"), "--method", "otsu", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "raw.tif" in err and "--voxel-size X Y Z" in err
+    assert main(["segment", str(tmp_path / "raw.tif"), "--method", "otsu", "--out", str(out),
+                 "--voxel-size", "1", "1", "5", "--output-format", "tiff"]) == 0
+    assert tifffile.imread(out / "raw_mask.tif").shape == (8, 16, 16)
+
+
+def test_nifti_input_with_tiff_output(tmp_path):
+    import tifffile
+
+    src, tube = scan(tmp_path / "vol.nii.gz", spacing_mm=(0.001, 0.001, 0.005))
+    out = tmp_path / "seg"
+    assert main(["segment", str(src), "--method", "otsu", "--out", str(out), "--output-format", "tiff"]) == 0
+    with tifffile.TiffFile(out / "vol_mask.tif") as tif:
+        mask = tif.asarray()
+        assert tif.imagej_metadata["spacing"] == pytest.approx(5.0)
+    assert mask.shape == (16, 24, 24) and (mask.astype(bool) == tube.transpose(2, 1, 0)).mean() > 0.98

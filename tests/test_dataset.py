@@ -97,8 +97,8 @@ def test_dataset_files(dataset):
         img = nib.load(out / s["image"])
         lab = nib.load(out / s["label"])
         for vol in (img, lab):
-            assert np.allclose(np.diag(vol.affine)[:3], 0.004)  # 4 um in mm
-            assert np.allclose(vol.affine[:3, 3], 0.002)  # voxel 0's centre lies half a voxel from the patch corner
+            assert np.allclose(np.diag(vol.affine)[:3], (0.004, 0.004, -0.004))  # 4 um in mm, depth inferior
+            assert np.allclose(vol.affine[:3, 3], 0.0)  # voxel 0's centre at world 0
             assert vol.header.get_xyzt_units()[0] == "mm"
         im = np.asarray(img.dataobj)
         la = np.asarray(lab.dataobj)

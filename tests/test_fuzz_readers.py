@@ -30,11 +30,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from octasim.convert import read_tiff_volume
 from octasim.errors import OctasimError
 from octasim.graph import GraphError, VesselGraph
 from octasim.graph_io import read_graph, write_graph
 from octasim.nifti import VolumeError, read_volume, write_volume
+from octasim.tiff import read_tiff, write_tiff
 
 _LONG = int(os.environ.get("OCTASIM_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(max_examples=_LONG or 40, deadline=None, derandomize=not _LONG, database=None,
@@ -106,8 +106,18 @@ def templates(base, graph, volume) -> dict[str, Template]:
     folder = base / "template_tif"
     folder.mkdir()
     tifffile.imwrite(folder / "v.tif", (volume * 100).astype(np.uint16), photometric="minisblack")
-    read_tiff_volume(folder / "v.tif", 1.0)
+    read_tiff(folder / "v.tif", 1.0)
     out["tif"] = Template(folder, "v.tif")
+    for name, write in [("ij.tif", lambda f: write_tiff(f, volume, (0.5, 0.5, 2.0))),
+                        ("ome.tif", lambda f: tifffile.imwrite(
+                            f, np.stack([volume, volume], axis=1), ome=True,
+                            metadata={"axes": "ZCYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5,
+                                      "PhysicalSizeZ": 2000.0, "PhysicalSizeZUnit": "nm"}))]:
+        folder = base / f"template_{name}"
+        folder.mkdir()
+        write(folder / name)
+        read_tiff(folder / name, channel=0)  # calibrated: reads without a voxel size
+        out[name] = Template(folder, name)
     return out
 
 
@@ -271,7 +281,30 @@ def test_nifti_malformed_header_fields(templates, base, field, data, name):
 def test_tiff_bytes(templates, base, data):
     with templates["tif"].copy(base) as entry:
         damage_file(data.draw, entry)
-        reads_or_own_error(lambda: read_tiff_volume(entry, 1.0), VolumeError, [entry.name])
+        reads_or_own_error(lambda: read_tiff(entry, 1.0), VolumeError, [entry.name])
+
+
+@FUZZ
+@given(data=st.data(), name=st.sampled_from(["ij.tif", "ome.tif"]), text=st.booleans())
+def test_calibrated_tiff_bytes(templates, base, data, name, text):
+    """ImageJ / OME-TIFF files damaged anywhere, including their metadata text, read without --voxel-size."""
+    with templates[name].copy(base) as entry:
+        damage_file(data.draw, entry, text=text)
+        reads_or_own_error(lambda: read_tiff(entry, channel=0), VolumeError, [entry.name])
+
+
+@FUZZ
+@given(head=st.sampled_from([b"", b"II*\x00", b"MM\x00*", b"II+\x00\x08\x00\x00\x00"]), body=st.binary(max_size=600),
+       channel=st.sampled_from([None, 0, 1]), axes=st.sampled_from([None, "zyx", "zcyx"]))
+def test_tiff_arbitrary_bytes(base, head, body, channel, axes):
+    """Any bytes (also behind a TIFF / BigTIFF signature) give a TIFF or a VolumeError naming the file."""
+    folder = Path(tempfile.mkdtemp(dir=base))
+    try:
+        (folder / "x.tif").write_bytes(head + body)
+        reads_or_own_error(lambda: read_tiff(folder / "x.tif", channel=channel, axes=axes), VolumeError, ["x.tif"])
+        reads_or_own_error(lambda: read_tiff(folder / "x.tif", 2.0, channel=channel), VolumeError, ["x.tif"])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +329,7 @@ def test_tiff_malformed_tag_values(templates, base, tiff_tags, data):
         raw = bytearray(entry.read_bytes())
         raw[offset:offset + size] = data.draw(st.binary(min_size=size, max_size=size))
         entry.write_bytes(bytes(raw))
-        reads_or_own_error(lambda: read_tiff_volume(entry, 1.0), VolumeError, [entry.name])
+        reads_or_own_error(lambda: read_tiff(entry, 1.0), VolumeError, [entry.name])
 
 
 # ======================================================================= regressions the fuzzing found

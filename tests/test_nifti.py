@@ -80,7 +80,7 @@ def test_micron_unit_headers_give_um_spacing_and_outputs_keep_them(tmp_path):
 
 def test_tiff_input_gets_a_conversion_hint(tmp_path):
     (tmp_path / "stack.tif").write_bytes(b"II*\x00")
-    with pytest.raises(VolumeError, match="octasim convert"):
+    with pytest.raises(VolumeError, match="octasim convert FILE --out DIR"):
         read_volume(tmp_path / "stack.tif")
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from octasim.convert import read_tiff_volume
+from octasim.tiff import read_tiff
 from octasim.metrics import dice
 from octasim.segment import otsu_segment
 
@@ -15,8 +15,8 @@ pytestmark = pytest.mark.skipif(not IMAGE.exists(), reason=f"real two-photon sta
 
 
 def test_real_stack_reads_depth_last_and_otsu_overlaps_the_manual_label():
-    image = read_tiff_volume(IMAGE, (0.994, 0.994, 5.0))
-    label = read_tiff_volume(LABEL, (0.994, 0.994, 5.0))
+    image = read_tiff(IMAGE, (0.994, 0.994, 5.0))
+    label = read_tiff(LABEL, (0.994, 0.994, 5.0))
     assert image.data.shape == label.data.shape == (512, 512, 25)  # (x, y, z = depth)
     truth = label.data > 0
     assert 0.03 < truth.mean() < 0.045

@@ -17,7 +17,7 @@ from octasim.paths import DATA_DIR
 from octasim.errors import OctasimError
 
 #: Names accepted by ``--config`` besides a YAML path.
-BUILTIN_CONFIGS = ("default", "paper", "mixed", "multiscale", "multiscale-surface")
+BUILTIN_CONFIGS = ("default", "paper", "mixed", "multiscale", "multiscale-surface", "finetune")
 LOSSES = ("dice", "cldice", "dice_cldice", "dice_bce")
 
 
@@ -134,6 +134,11 @@ class TrainConfig:
                                      #: volume is clipped to these percentiles and scaled to [0, 1], as
                                      #: real scans are at inference (recorded in the checkpoint); None:
                                      #: volumes as rendered, inference clips at 0.5 / 99.5 %
+    synthetic_fraction: float = 0.0  #: share of training patches drawn from synthetic volumes rendered at
+                                     #: the start (``synthetic_volumes`` of them, on_the_fly profiles) when
+                                     #: training on --data: keeps a fine-tuning on a few real scans from
+                                     #: forgetting what the synthetic data taught
+    synthetic_volumes: int = 8       #: number of those synthetic volumes
     ema_decay: float | None = None   #: exponential moving average of the weights (e.g. 0.99, a horizon of
                                      #: ~1 / (1 - decay) steps): validation, best.pt and inference use the
                                      #: average, which smooths the noise of small-batch steps; None: off
@@ -169,6 +174,10 @@ class TrainConfig:
             bad("n_val", "must be >= 1")
         if self.foreground_prior is not None and not 0.0 < self.foreground_prior < 1.0:
             bad("foreground_prior", "must be in (0, 1) or null")
+        if not 0.0 <= self.synthetic_fraction < 1.0:
+            bad("synthetic_fraction", "must be in [0, 1) (a share of the training patches)")
+        if self.synthetic_volumes < 1:
+            bad("synthetic_volumes", "must be >= 1")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             bad("ema_decay", "must be in (0, 1) or null")
         if not 0.0 < self.threshold < 1.0:
@@ -297,8 +306,20 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     return Path(name_or_path)
 
 
-def load_config(name_or_path: str | Path = "default", overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Load a shipped config by name or a YAML file; ``overrides`` (flat top-level keys) are applied on top."""
+def merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` applied key by key, nested mappings merged (a new dict)."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(name_or_path: str | Path = "default", overrides: dict[str, Any] | None = None,
+                base: dict[str, Any] | None = None) -> TrainConfig:
+    """Load a shipped config by name or a YAML file; ``overrides`` (flat top-level keys) are applied on top.
+
+    Keys the file leaves out take the values of ``base`` (e.g. the training config of the model a
+    fine-tuning starts from), else those of ``default.yaml``."""
     import yaml
 
     path = resolve_config_path(name_or_path)
@@ -310,5 +331,6 @@ def load_config(name_or_path: str | Path = "default", overrides: dict[str, Any] 
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    data = merged(base or {}, data)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return config_from_dict(data, str(path))

@@ -1,12 +1,19 @@
-"""Training data: generated datasets held in memory, a held-out split, and on-the-fly synthesis.
+"""Training data: generated datasets and labelled real scans held in memory, a held-out split, and
+on-the-fly synthesis.
 
-- ``load_dataset_samples`` reads ``DIR/dataset.json`` manifests (written by ``octasim generate``).
+- ``load_dataset_samples`` reads ``DIR/dataset.json`` manifests (written by ``octasim generate``) and
+  folders of labelled real scans (``find_labelled_scans``: plain ``NAME`` + ``NAME_label`` pairs or
+  the nnU-Net layout ``imagesTr/`` + ``labelsTr/``).
+- ``scan_views`` prepares a real scan as inference sees it: percentile scaling, then resampling
+  to each view of the model's image pyramid (so fine-tuning teaches every view the network is used at).
 - ``split_samples`` holds out whole samples for validation, deterministically by seed.
 - ``PatchDataset`` loads every volume once and draws random ``crop``^3 crops from memory (no file is
   re-read per patch), then applies the augmentation. Sample ``n`` is a pure function of (seed, n), so
   any number of loader workers gives the same stream, and a resumed run continues it exactly.
 - ``OnTheFlyDataset`` renders fresh volumes (random profile per volume) inside the loader's worker
   processes; every volume index is rendered once, each volume gives several crops.
+- Distributed training (``torchrun``): both datasets take ``rank`` and ``world_size`` and give each
+  rank a disjoint share of one stream (``rank_patch_index``; on the fly: disjoint volume indices).
 """
 from __future__ import annotations
 
@@ -32,18 +39,83 @@ class DataError(OctasimError):
 
 @dataclass(frozen=True)
 class SampleRef:
-    """One image/label pair of a dataset folder."""
+    """One image/label pair of a dataset folder; ``scan``: a real scan (any voxel size, read from its
+    header, resampled to the model's grid) rather than a generated sample on the training grid."""
 
     dataset: Path
     id: str
     image: Path
     label: Path
+    scan: bool = False
 
 
 @dataclass
 class DatasetInfo:
     samples: list[SampleRef]
     voxel_size_um: float | None
+
+    @property
+    def scans(self) -> list[SampleRef]:
+        return [s for s in self.samples if s.scan]
+
+
+#: file endings of scans and labels in a folder of labelled real scans
+SCAN_SUFFIXES = (".nii.gz", ".nii", ".tif", ".tiff")
+#: a plain folder pairs NAME.EXT (image) with NAME + LABEL_SUFFIX + .EXT (manual label)
+LABEL_SUFFIX = "_label"
+
+
+def _split_suffix(name: str) -> tuple[str, str] | None:
+    """(stem, suffix) of a scan file name, or None when it is not a scan file."""
+    low = name.lower()
+    for suffix in SCAN_SUFFIXES:
+        if low.endswith(suffix):
+            return name[: -len(suffix)], name[-len(suffix):]
+    return None
+
+
+def _scan_files(directory: Path) -> dict[str, Path]:
+    out = {}
+    for p in sorted(directory.iterdir()):
+        parts = _split_suffix(p.name)
+        if parts and p.is_file() and not p.name.startswith("."):
+            if parts[0] in out:
+                raise DataError(f"{directory}: two files for {parts[0]!r} ({out[parts[0]].name}, {p.name}); keep one")
+            out[parts[0]] = p
+    return out
+
+
+def find_labelled_scans(directory: str | Path) -> list[SampleRef]:
+    """Image / label pairs of a folder of labelled real scans (NIfTI or TIFF), sorted by name.
+
+    Layouts: nnU-Net (``imagesTr/NAME_0000.EXT`` with ``labelsTr/NAME.EXT``; only channel 0 is used)
+    or plain (``NAME.EXT`` with ``NAME_label.EXT``). Labels: vessel > 0. Raises DataError naming the
+    folder when it holds no pair, or an image without its label (or a label without its image).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: no such folder")
+    if (directory / "imagesTr").is_dir() or (directory / "labelsTr").is_dir():
+        images_dir, labels_dir = directory / "imagesTr", directory / "labelsTr"
+        for d in (images_dir, labels_dir):
+            if not d.is_dir():
+                raise DataError(f"{d}: missing (an nnU-Net folder holds imagesTr/ and labelsTr/)")
+        images = {k[: -len("_0000")]: v for k, v in _scan_files(images_dir).items() if k.endswith("_0000")}
+        labels = _scan_files(labels_dir)
+        layout = "imagesTr/NAME_0000.nii.gz with labelsTr/NAME.nii.gz"
+    else:
+        files = _scan_files(directory)
+        labels = {k[: -len(LABEL_SUFFIX)]: v for k, v in files.items() if k.endswith(LABEL_SUFFIX)}
+        images = {k: v for k, v in files.items() if not k.endswith(LABEL_SUFFIX)}
+        layout = f"NAME.nii.gz (or .tif) with NAME{LABEL_SUFFIX}.nii.gz"
+    lonely = sorted(set(images) ^ set(labels))
+    if lonely:
+        what = [f"{n} (no {'label' if n in images else 'image'})" for n in lonely]
+        raise DataError(f"{directory}: unpaired files: {', '.join(what)}; a folder of labelled scans pairs {layout}")
+    if not images:
+        raise DataError(f"{directory}: no dataset.json and no labelled scans (expected {layout}, or a folder "
+                        "written by `octasim generate`)")
+    return [SampleRef(directory, name, images[name], labels[name], scan=True) for name in sorted(images)]
 
 
 def read_manifest(directory: str | Path) -> tuple[dict[str, Any], list[SampleRef]]:
@@ -81,11 +153,15 @@ def read_manifest(directory: str | Path) -> tuple[dict[str, Any], list[SampleRef
 
 
 def load_dataset_samples(dirs: Sequence[str | Path]) -> DatasetInfo:
-    """All samples of one or more dataset folders (in argument order); their voxel sizes must agree."""
+    """All samples of one or more folders (in argument order): generated datasets (with ``dataset.json``;
+    their voxel sizes must agree) and folders of labelled real scans (:func:`find_labelled_scans`)."""
     if not dirs:
         raise DataError("no dataset folder given (use --data DIR, or --on-the-fly)")
     samples, sizes = [], {}
     for d in dirs:
+        if not (Path(d) / MANIFEST).exists() or (Path(d) / "imagesTr").is_dir():
+            samples += find_labelled_scans(d)
+            continue
         meta, refs = read_manifest(d)
         samples += refs
         if meta.get("voxel_size_um") is not None:
@@ -142,9 +218,57 @@ def load_volumes(refs: Sequence[SampleRef], progress: bool = False, cfg: TrainCo
     return out
 
 
+def read_scan_pair(ref: SampleRef) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """A labelled real scan as stored: (image float32, label uint8 {0, 1}, voxel size in um along i, j, k);
+    the label must have the image's shape."""
+    from octasim.scan import read_scan
+
+    image = read_scan(ref.image)
+    label = read_scan(ref.label)
+    if image.data.shape != label.data.shape:
+        raise DataError(f"{ref.label}: shape {label.data.shape} differs from its image {ref.image} {image.data.shape}")
+    return image.data.astype(np.float32, copy=False), (label.data > 0).astype(np.uint8), image.spacing_um
+
+
+def scan_views(image: np.ndarray, label: np.ndarray, spacing_um: Sequence[float], views_um: Sequence[float],
+               clip_percentiles: Sequence[float]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A real scan as the network sees it at each view of the image pyramid (voxel sizes ``views_um``):
+    clipped to ``clip_percentiles`` and scaled to [0, 1], then resampled exactly as
+    :func:`octasim.inference.predict_probability` resamples scans (the label linearly, then > 0.5)."""
+    from octasim.preprocess import normalize_percentiles, resample, resampled_shape
+
+    scaled = normalize_percentiles(image, clip_percentiles)
+    out = []
+    for view in views_um:
+        shape = resampled_shape(scaled.shape, spacing_um, view)
+        out.append((resample(scaled, shape), (resample(label.astype(np.float32), shape) > 0.5).astype(np.uint8)))
+    return out
+
+
+def hold_out_block(image: np.ndarray, label: np.ndarray, fraction: float = 0.25
+                   ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(training part, validation part) of a single labelled scan: the last ``fraction`` of its longer
+    lateral axis (i or j) is held out for validation, the rest trains."""
+    axis = 0 if image.shape[0] >= image.shape[1] else 1
+    cut = image.shape[axis] - max(1, int(round(fraction * image.shape[axis])))
+    head, tail = (slice(None, cut), slice(cut, None))
+    idx = lambda sl: tuple(sl if a == axis else slice(None) for a in range(3))  # noqa: E731
+    return (image[idx(head)], label[idx(head)]), (image[idx(tail)], label[idx(tail)])
+
+
 def _pad_to(arr: np.ndarray, size: int) -> np.ndarray:
+    """Zero-padded to at least ``size`` voxels per axis: dark and no vessel beyond the volume, as
+    inference pads a scan smaller than the window (:mod:`octasim.inference`)."""
     pad = [(0, max(0, size - s)) for s in arr.shape]
-    return np.pad(arr, pad, mode="edge") if any(p[1] for p in pad) else arr
+    return np.pad(arr, pad, mode="constant") if any(p[1] for p in pad) else arr
+
+
+def rank_patch_index(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> int:
+    """Position in the patch stream of patch ``n`` of rank ``rank`` (of ``world_size``): local batch ``b``
+    of every rank together is global batch ``b``, ``batch_size * world_size`` consecutive patches of
+    which rank ``r`` holds the ``r``-th ``batch_size``. One process (``world_size`` 1): ``n`` itself."""
+    step, j = divmod(int(n), int(batch_size))
+    return (step * int(world_size) + int(rank)) * int(batch_size) + j
 
 
 def random_crop(image: np.ndarray, label: np.ndarray, size: int, rng: np.random.Generator
@@ -159,26 +283,41 @@ class PatchDataset(Dataset):
     """Augmented patches from volumes held in memory; item ``n`` depends only on (seed, offset + n).
 
     ``length`` is the number of patches this dataset yields (steps x batch size); ``offset`` the
-    number already consumed (a resumed run continues the same stream).
+    number already consumed (a resumed run continues the same stream). ``weights``: relative
+    probability of drawing each volume (default: all equal). Distributed training: rank ``rank`` of
+    ``world_size`` yields its share of every global batch (:func:`rank_patch_index`; ``offset`` then
+    counts patches of all ranks, ``length`` this rank's), so no two ranks draw the same patch.
     """
 
     def __init__(self, volumes: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConfig, length: int,
-                 offset: int = 0, seed: int | None = None) -> None:
+                 offset: int = 0, seed: int | None = None, weights: Sequence[float] | None = None,
+                 rank: int = 0, world_size: int = 1) -> None:
         if not volumes:
             raise DataError("no training volumes")
         self.crop = cfg.crop
         self.volumes = [(_pad_to(i, self.crop), _pad_to(lab, self.crop)) for i, lab in volumes]
         self.seed = cfg.seed if seed is None else seed
         self.length, self.offset = int(length), int(offset)
+        self.batch_size, self.rank, self.world_size = int(cfg.batch_size), int(rank), int(world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {rank} of world size {world_size}")
         self.transform = build_augmentation(cfg)
+        self.p = None
+        if weights is not None:
+            w = np.asarray(weights, float)
+            if w.shape != (len(self.volumes),) or (w < 0).any() or w.sum() <= 0:
+                raise ValueError("weights: one non-negative number per volume, with a positive sum")
+            self.p = w / w.sum()
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, n: int) -> dict[str, torch.Tensor]:
-        index = self.offset + int(n)
+        index = self.offset + (int(n) if self.world_size == 1
+                               else rank_patch_index(n, self.batch_size, self.rank, self.world_size))
         rng = np.random.default_rng(seed_for(self.seed, 0xC409, index))
-        image, label = self.volumes[int(rng.integers(len(self.volumes)))]
+        pick = rng.integers(len(self.volumes)) if self.p is None else rng.choice(len(self.volumes), p=self.p)
+        image, label = self.volumes[int(pick)]
         img, lab = random_crop(image, label, self.crop, rng)
         self.transform.set_random_state(seed=seed_for(self.seed, 0xA06, index))
         return self.transform({"image": img, "label": lab})
@@ -237,13 +376,19 @@ class OnTheFlyDataset(IterableDataset):
     derives the sample's own seed from both). ``start_batch`` resumes this stream exactly at a global
     batch: worker ``w`` of the new loader continues the stream of worker ``(start_batch + w) % W``, from
     the right patch within the right volume, given the same ``W`` and batch size.
+
+    Distributed training: rank ``rank`` of ``world_size`` (each with ``W`` workers) renders the
+    streams ``rank * W + r``, of ``world_size * W`` in all, so no volume is rendered by two ranks.
     """
 
     def __init__(self, cfg: TrainConfig, renderer: Renderer | None = None, start_batch: int = 0,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, rank: int = 0, world_size: int = 1) -> None:
         self.cfg = cfg
         self.renderer = renderer if renderer is not None else SynthRenderer(cfg)
         self.start_batch = int(start_batch)
+        self.rank, self.world_size = int(rank), int(world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {rank} of world size {world_size}")
         self.seed = cfg.seed if seed is None else seed
         self.transform = build_augmentation(cfg)
 
@@ -254,7 +399,8 @@ class OnTheFlyDataset(IterableDataset):
         first_batch = self.start_batch + wid                 # global index of this worker's first batch
         role = first_batch % nw                              # whose stream it continues
         first_patch = (first_batch // nw) * self.cfg.batch_size  # position in that stream
-        index, skip = role + nw * (first_patch // per_volume), first_patch % per_volume
+        streams, stream = nw * self.world_size, self.rank * nw + role  # (one process: nw, role)
+        index, skip = stream + streams * (first_patch // per_volume), first_patch % per_volume
         while True:
             profile = choose_profile(self.cfg, self.seed, index)
             image, label = self.renderer(profile, self.seed, index)
@@ -267,7 +413,7 @@ class OnTheFlyDataset(IterableDataset):
                     continue
                 self.transform.set_random_state(seed=seed_for(self.seed, 0xA06, index, c))
                 yield self.transform({"image": img, "label": lab})
-            index, skip = index + nw, 0
+            index, skip = index + streams, 0
 
 
 def render_validation_volumes(cfg: TrainConfig, renderer: Renderer | None = None
@@ -280,6 +426,20 @@ def render_validation_volumes(cfg: TrainConfig, renderer: Renderer | None = None
         image, label = renderer(choose_profile(cfg, val_seed, index), val_seed, index)
         # as rendered: validation predicts them through the inference path, which scales them itself
         out.append((np.clip(np.asarray(image, np.float32), 0, 1), (np.asarray(label) > 0.5).astype(np.uint8)))
+    return out
+
+
+def render_training_volumes(cfg: TrainConfig, n: int, renderer: Renderer | None = None
+                            ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n`` synthetic volumes rendered once with the config's on-the-fly profiles, prepared as training
+    volumes (:func:`network_input`), from a seed stream disjoint from training's and validation's: the
+    synthetic share mixed into fine-tuning on a few real scans (``synthetic_fraction``)."""
+    renderer = renderer if renderer is not None else SynthRenderer(cfg)
+    mix_seed = seed_for(cfg.seed, 0x5F7)
+    out = []
+    for index in range(int(n)):
+        image, label = renderer(choose_profile(cfg, mix_seed, index), mix_seed, index)
+        out.append((network_input(image, cfg), (np.asarray(label) > 0.5).astype(np.uint8)))
     return out
 
 
