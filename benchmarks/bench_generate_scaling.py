@@ -30,7 +30,7 @@ from pathlib import Path  # noqa: E402
 
 def run_once(config, out: Path, n: int, workers: int, scheduler: str | None, qc: bool) -> tuple[float, float]:
     """(end-to-end samples/s, steady samples/s) of one `generate_dataset` call into ``out``."""
-    from octasim.dataset import generate_dataset
+    from octasim.synth import generate_dataset
 
     finished: list[float] = []
     start = time.perf_counter()
@@ -59,7 +59,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.getLogger("distributed").setLevel(logging.ERROR)
 
-    from octasim.dataset import SynthConfig, render_sample
+    from octasim.synth import SynthConfig, render_sample
 
     config = SynthConfig(profile=args.profile, shape=args.shape, voxel_size_um=args.voxel_size, seed=0)
     render_sample(SynthConfig(profile=args.profile, shape=args.shape, voxel_size_um=args.voxel_size, seed=99), 0)

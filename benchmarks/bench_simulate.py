@@ -231,7 +231,7 @@ def part_memory(args):
             "        pass\n"
             "    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "base = peak()\n"
-            "from octasim.dataset import SynthConfig, render_sample\n"
+            "from octasim.synth import SynthConfig, render_sample\n"
             "import octasim.simulate, octasim.generator, octasim.extract, octasim.voxelize\n"
             "imp = peak()\n"
             f"t = time.perf_counter(); s = render_sample(SynthConfig(shape={SHAPE}, voxel_size_um={VOXEL_UM}, seed={args.seed}), 0)\n"

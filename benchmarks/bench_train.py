@@ -27,7 +27,7 @@ import torch
 
 
 def make_data(root: Path, n: int, seed: int, shape: int, workers: int) -> Path:
-    from octasim.dataset import SynthConfig, generate_dataset
+    from octasim.synth import SynthConfig, generate_dataset
 
     generate_dataset(SynthConfig(profile="octa", shape=(shape,) * 3, voxel_size_um=2.0, seed=seed), root, n,
                      workers=workers, progress=True, qc=False)

@@ -68,7 +68,7 @@ def convert_stack(stack_dir: Path, out: Path) -> tuple[Path, Path]:
 def save_pictures(image_path: Path, label_path: Path, out: Path, seed: int = 3) -> list[Path]:
     """QC pictures for the README: the real stack with its label, and a synthetic two-photon sample of
     the same depth range and voxel size (deep window, 1 x 1 x 5 um acquisition), image and label."""
-    from octasim.dataset import SynthConfig, render_sample
+    from octasim.synth import SynthConfig, render_sample
     from octasim.nifti import read_volume
     from octasim.profiles import load_profile
     from octasim.qc import save_sample_qc

@@ -16,7 +16,8 @@ Each kept patch is translated so that its box corner is the origin.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from enum import Enum
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -25,14 +26,44 @@ from octasim.graph import VesselGraph
 
 #: rule names, in the order they are applied (keys of ``ExtractionReport.rejected``)
 RULES = ("too_few_nodes", "no_surface_vessel", "below_cortex_depth", "too_few_edges")
+#: ``ExtractionReport.failed_rule`` when no pillar was laid out (no node within the cortex depth)
+NO_PILLARS = "no_pillars"
 #: most pillars one extraction may lay out (about 100 bytes each: 10 million take about 1 GB)
 MAX_PILLARS = 10_000_000
 
 
 class NoPatchError(OctasimError):
     """A graph (or the vessel source of a dataset) yields no FOV patch; the message holds the extraction
-    report, which extractor rule rejected the pillars, and advice. The one class for this error:
-    :mod:`octasim.dataset` re-exports it."""
+    report, which extractor rule rejected the pillars, and advice. The one class for this error.
+
+    ``problem``: the same as data, or None: an object whose ``message(names)`` words the error again
+    with a caller's names for the settings (``octasim generate`` passes its option names)."""
+
+    def __init__(self, message: str, problem: Any = None):
+        super().__init__(message)
+        self.problem = problem
+
+    def __reduce__(self):  # keep ``problem`` across processes (worker pools, dask)
+        return type(self), (str(self), self.problem)
+
+
+class Knob(Enum):
+    """A setting the extractor's advice may tell the user to change. Its value is the parameter's
+    library name (an ``ExtractParams`` field; ``read_graph``'s voxel size for GRAPH_VOXEL_SIZE);
+    :meth:`ExtractionReport.advice` takes a mapping from these values to the caller's own names
+    (command-line options, config keys)."""
+
+    GRAPH_VOXEL_SIZE = "graph_voxel_size_um"
+    FOV = "fov_um"
+    MIN_NODES = "min_nodes_per_pillar"
+    MIN_EDGES = "min_edges"
+    SURFACE_RADIUS = "surface_radius_um"
+    CORTEX_DEPTH = "cortex_depth_um"
+
+
+#: how the library names each knob in its own advice
+API_NAMES: dict[str, str] = {Knob.GRAPH_VOXEL_SIZE.value: "read_graph(voxel_size_um=)",
+                             **{k.value: k.value for k in Knob if k is not Knob.GRAPH_VOXEL_SIZE}}
 
 
 @dataclass
@@ -121,28 +152,40 @@ class ExtractionReport:
         lines.append(f"  kept     {self.n_patches:5d}  patches of {p.fov_um[0]:g} x {p.fov_um[1]:g} x {p.fov_um[2]:g} um")
         return "\n".join(lines)
 
-    def advice(self) -> str:
-        """When no patch came out: which rule rejected most pillars and what to change ('' otherwise)."""
+    @property
+    def failed_rule(self) -> str | None:
+        """Why no patch came out, as data: the rule that rejected most pillars (first rule wins ties),
+        ``NO_PILLARS`` when there was no pillar at all, None when patches came out."""
         if self.n_patches > 0:
-            return ""
-        d, p = self.diagnostics, self.params
+            return None
         if self.n_pillars == 0:
+            return NO_PILLARS
+        return max(RULES, key=lambda r: self.rejected.get(r, 0))
+
+    def advice(self, names: Mapping[str, str] | None = None) -> str:
+        """When no patch came out: which rule rejected most pillars, the figures that explain it and
+        what to change ('' otherwise). ``names`` maps :class:`Knob` values to the caller's names for
+        those settings (default :data:`API_NAMES`)."""
+        rule = self.failed_rule
+        if rule is None:
+            return ""
+        names = {**API_NAMES, **(names or {})}
+        knob = lambda k: names[k.value]  # noqa: E731
+        d, p = self.diagnostics, self.params
+        if rule == NO_PILLARS:
             return ("the graph has no nodes within the cortex depth range "
                     f"(z <= {p.cortex_depth_um:g} um, after dropping nodes outside the brain); "
                     "check that z is depth in um, increasing into the brain (voxel-unit graphs need their "
-                    "voxel size: `octasim graph` --voxel-size UM, read_graph(voxel_size_um=)).")
-        rule = max(RULES, key=lambda r: self.rejected.get(r, 0))  # first rule wins ties
+                    f"voxel size: {knob(Knob.GRAPH_VOXEL_SIZE)}).")
         max_r = d.get("max_radius_um", float("nan"))
         med_r = d.get("median_radius_um", float("nan"))
         extent = d.get("lateral_extent_um", [float("nan")] * 2)
         vs = d.get("voxel_size_um")
         if vs is None:
-            voxel_hint = ("if the graph is stored in voxel units, pass its voxel size (`octasim graph` "
-                          "--voxel-size UM, read_graph(voxel_size_um=))")
+            voxel_hint = f"if the graph is stored in voxel units, pass its voxel size ({knob(Knob.GRAPH_VOXEL_SIZE)})"
         else:
             voxel_hint = (f"the graph was read with a voxel size of {vs:g} um; if that is not its real voxel "
-                          "size, pass the right one (`octasim graph` --voxel-size UM, "
-                          "read_graph(voxel_size_um=))")
+                          f"size, pass the right one ({knob(Knob.GRAPH_VOXEL_SIZE)})")
         head = f"most pillars ({self.rejected[rule]} of {self.n_pillars}) were rejected by rule {rule!r}: "
         if rule == "no_surface_vessel":
             far = max_r < p.surface_radius_um / 2 or med_r < 1.0
@@ -151,9 +194,10 @@ class ExtractionReport:
             if max_r <= p.surface_radius_um:
                 msg += (("Units look wrong: " if far else "") + voxel_hint[0].upper() + voxel_hint[1:]
                         + "; if the graph has no pial vessels (e.g. a piece cut below the surface), "
-                        "lower --surface-radius-um.")
+                        f"lower {knob(Knob.SURFACE_RADIUS)}.")
             else:
-                msg += "Some pillars hold no pial vessel; lower --surface-radius-um or use a larger --fov-um."
+                msg += (f"Some pillars hold no pial vessel; lower {knob(Knob.SURFACE_RADIUS)} or use a larger "
+                        f"{knob(Knob.FOV)}.")
             return head + msg
         if rule == "too_few_nodes":
             msg = (f"pillars hold at most {d.get('max_pillar_nodes', 0)} nodes (need {p.min_nodes_per_pillar}); "
@@ -161,15 +205,16 @@ class ExtractionReport:
                    f"{p.fov_um[0]:g} x {p.fov_um[1]:g} um. ")
             if max(extent) < min(p.fov_um[:2]) or med_r < 1.0:
                 msg += voxel_hint[0].upper() + voxel_hint[1:] + "; otherwise "
-            return head + msg + "lower --min-nodes, or use a smaller --fov-um (thresholds scale with it)."
+            return head + msg + (f"lower {knob(Knob.MIN_NODES)}, or use a smaller {knob(Knob.FOV)} "
+                                 "(thresholds scale with it).")
         if rule == "below_cortex_depth":
             return head + (f"patches would start at depth {d.get('min_patch_start_um', float('nan')):.4g} um or "
                            f"deeper and end below {p.cortex_depth_um:g} um. Check that z is depth increasing "
-                           "into the brain (surface at small z); otherwise raise --cortex-depth-um or use a "
-                           "smaller FOV depth.")
+                           f"into the brain (surface at small z); otherwise raise {knob(Knob.CORTEX_DEPTH)} or "
+                           "use a smaller FOV depth.")
         return head + (f"the fullest candidate patch has {d.get('max_patch_edges', 0)} edges (need {p.min_edges}). "
-                       "Lower --min-edges or use a larger --fov-um; a graph in the wrong units also looks "
-                       "like this (" + voxel_hint + ").")
+                       f"Lower {knob(Knob.MIN_EDGES)} or use a larger {knob(Knob.FOV)}; a graph in the wrong "
+                       "units also looks like this (" + voxel_hint + ").")
 
 
 def _group_reduce(ufunc, groups: np.ndarray, values: np.ndarray, n: int, fill: float) -> np.ndarray:

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from octasim.paths import DATA_DIR
 from octasim.errors import OctasimError
+from octasim.paths import DATA_DIR
+from octasim.ranges import check_order, draw
 
 #: profiles shipped in ``data/profiles/``
 PROFILE_NAMES = ("paper", "octa", "two-photon")
@@ -152,8 +153,7 @@ def _check_value(key: str, value: Any, source: str) -> None:
     if isinstance(value, (list, tuple)):
         if len(value) != 2 or not all(number(v) for v in value):
             raise ProfileError(f"{where} range must be [lo, hi] with two numbers, got {value!r}")
-        if value[0] > value[1]:
-            raise ProfileError(f"{where} range [lo, hi] has lo > hi: {value!r}")
+        check_order(value[0], value[1], where, value, ProfileError)
         if kind == "int" and not all(float(v).is_integer() for v in value):
             raise ProfileError(f"{where} is an integer parameter, got range {value!r}")
         return
@@ -184,10 +184,11 @@ def _load(spec: str | Path | dict, relative_to: Path | None, seen: tuple[str, ..
         seen = seen + (source,)
         data = _read_yaml(path)
         default_base = None if path.resolve() == (PROFILE_DIR / "paper.yaml").resolve() else "paper"
+    explicit_base = "base" in data
     base = data.pop("base", default_base)
     _check_keys(data, source)
-    if base is None:
-        return data
+    if base is None or (not explicit_base and set(data) == set(PARAMETERS)):
+        return data  # nothing to inherit (e.g. an already resolved profile dict): no file is read
     if not isinstance(base, (str, Path)):
         raise ProfileError(f"{source}: 'base' must be a profile name or .yaml path, got {base!r}")
     try:
@@ -241,7 +242,7 @@ def sample_parameters(profile: dict, rng: np.random.Generator) -> dict:
             if kind == "int":
                 out[key] = int(rng.integers(int(lo), int(hi), endpoint=True))
             else:
-                out[key] = float(lo) if lo == hi else float(rng.uniform(float(lo), float(hi)))
+                out[key] = draw([lo, hi], rng)
         elif kind == "int":
             out[key] = int(value)
         elif kind == "float":

@@ -21,17 +21,17 @@ from octasim.scan import output_format as _output_format
 from octasim.tiff import TIFF_SUFFIXES
 
 METHODS = ("unet", "otsu", "frangi")
-DEFAULT_CLIP_PERCENTILES = CLIP_PERCENTILES
 #: Frangi scales (um): capillaries (r 2-3 um) up to penetrating and pial vessels.
 DEFAULT_FRANGI_SIGMAS_UM = (2.0, 4.0, 8.0)
+#: the Frangi filter's isotropic grid is never finer than this (um), to keep memory bounded
+FRANGI_MIN_GRID_UM = 2.0
 
 
 def _clip_percentiles(state: dict[str, Any] | None) -> tuple[float, float]:
-    pre = (state or {}).get("preprocessing") or {}
-    return tuple(pre.get("clip_percentiles", DEFAULT_CLIP_PERCENTILES))
+    """The percentiles a checkpoint's inputs are scaled by (as inference reads them), else the default."""
+    from octasim.inference import ModelGrid
 
-
-_check_spacing = check_spacing  # the name this module used before octasim.scan held it
+    return ModelGrid.from_checkpoint(state).clip_percentiles if state else CLIP_PERCENTILES
 
 
 def remove_small_components(mask: np.ndarray, spacing_um: Sequence[float], min_volume_um3: float) -> np.ndarray:
@@ -42,7 +42,7 @@ def remove_small_components(mask: np.ndarray, spacing_um: Sequence[float], min_v
     from scipy import ndimage
 
     labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    voxel_um3 = float(np.prod(_check_spacing(spacing_um)))
+    voxel_um3 = float(np.prod(check_spacing(spacing_um)))
     sizes = np.bincount(labels.ravel(), minlength=n + 1) * voxel_um3
     keep = sizes >= min_volume_um3
     keep[0] = False
@@ -81,7 +81,7 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
     """
     from octasim.inference import ModelGrid, predict_probability
 
-    spacing = _check_spacing(spacing_um)
+    spacing = check_spacing(spacing_um)
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     if sw_batch_size < 1:
@@ -100,7 +100,7 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
 
 
 def otsu_segment(volume: np.ndarray, spacing_um: Sequence[float] = (1.0, 1.0, 1.0), threshold: float | None = None,
-                 clip_percentiles: Sequence[float] = DEFAULT_CLIP_PERCENTILES,
+                 clip_percentiles: Sequence[float] = CLIP_PERCENTILES,
                  min_component_um3: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Baseline: Otsu threshold of the normalized image (or a fixed ``threshold`` on it, in [0, 1]).
 
@@ -114,23 +114,24 @@ def otsu_segment(volume: np.ndarray, spacing_um: Sequence[float] = (1.0, 1.0, 1.
 
 
 def frangi_segment(volume: np.ndarray, spacing_um: Sequence[float], sigmas_um: Sequence[float] = DEFAULT_FRANGI_SIGMAS_UM,
-                   threshold: float | None = None, clip_percentiles: Sequence[float] = DEFAULT_CLIP_PERCENTILES,
+                   threshold: float | None = None, clip_percentiles: Sequence[float] = CLIP_PERCENTILES,
                    grid_um: float | None = None, min_component_um3: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Baseline: Frangi vesselness for bright vessels, then Otsu (or a fixed ``threshold`` in [0, 1]).
 
     skimage's Frangi filter assumes isotropic voxels, so the normalized image is resampled to an
-    isotropic grid of ``grid_um`` um (default: the finest voxel size, but not finer than 2 um, to keep
-    memory bounded), filtered with ``sigmas_um`` converted to voxels of that grid, and the vesselness
-    (scaled to [0, 1] by its maximum) is resampled back to the input shape.
+    isotropic grid of ``grid_um`` um (default: the finest voxel size, but not finer than
+    ``FRANGI_MIN_GRID_UM``, to keep memory bounded), filtered with ``sigmas_um`` converted to voxels
+    of that grid, and the vesselness (scaled to [0, 1] by its maximum) is resampled back to the input
+    shape.
     Returns (vesselness float32 in [0, 1], mask uint8).
     """
     from skimage.filters import frangi, threshold_otsu
 
-    spacing = _check_spacing(spacing_um)
+    spacing = check_spacing(spacing_um)
     if not sigmas_um or any(s <= 0 for s in sigmas_um):
         raise ValueError(f"Frangi scales must be positive (um), got {sigmas_um}")
     image = normalize_percentiles(volume, clip_percentiles)
-    grid = float(grid_um) if grid_um else max(min(spacing), 2.0)
+    grid = float(grid_um) if grid_um else max(min(spacing), FRANGI_MIN_GRID_UM)
     iso = resample(image, resampled_shape(image.shape, spacing, grid))
     vessel = frangi(iso, sigmas=[s / grid for s in sigmas_um], black_ridges=False, mode="reflect").astype(np.float32)
     vmax = float(vessel.max())
@@ -158,6 +159,8 @@ class SegmentResult:
     vessel_fraction: float | None = None
     seconds: float = 0.0
     error: str | None = None
+    spacing_um: tuple[float, float, float] | None = None  #: the voxel size used (um along i, j, k)
+    shape: tuple[int, ...] | None = None
 
     @property
     def ok(self) -> bool:
@@ -237,7 +240,7 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
         raise ValueError(f"several inputs share the name {', '.join(dupes)}; their outputs would overwrite "
                          "each other (segment them into different --out folders)")
     if voxel_size_um is not None:
-        voxel_size_um = _check_spacing(voxel_size_um)
+        voxel_size_um = check_spacing(voxel_size_um)
     out_dir = Path(out_dir)
     exts = [OUTPUT_SUFFIX[_output_format(p, output_format)] for p in paths]
     existing = [out_dir / f"{stem}{suffix}{ext}" for stem, ext in zip(stems, exts) for suffix in OUTPUT_SUFFIXES
@@ -270,6 +273,7 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
         try:
             vol = read_scan(path, voxel_size_um, channel=channel)  # --voxel-size bypasses the file's
             spacing = vol.spacing_um
+            res.spacing_um, res.shape = tuple(float(v) for v in spacing), tuple(vol.data.shape)
             if method == "unet":
                 prob, mask = segment_volume(vol.data, spacing, state, overlap=overlap, threshold=threshold,
                                             sw_batch_size=sw_batch_size, tta=tta, depth_axis=depth_axis,

@@ -102,15 +102,29 @@ def parse_assignments(items: list[str], option: str) -> dict:
 
 
 def _value_or_range(values: list[float], option: str):
-    """One number -> the number; two -> [lo, hi] range drawn per sample."""
+    """One number -> the number; two -> the range [LO, HI] drawn per sample (LO > HI is an error)."""
+    from octasim.ranges import parse_range
+
     if len(values) not in (1, 2):
         raise ValueError(f"{option} takes one value or LO HI, got {len(values)} values")
-    return values[0] if len(values) == 1 else [min(values), max(values)]
+    return parse_range(values, option)
+
+
+#: ``octasim generate``'s names for the settings a "no patch" error suggests changing
+#: (keys: ``octasim.extract.Knob`` values and ``octasim.synth.sources.FIXES`` fields)
+ADVICE_NAMES = {
+    "graph_voxel_size_um": "--graph-voxel-size UM", "fov_um": "FOV (--shape x --voxel-size)",
+    "min_nodes_per_pillar": "--extract min_nodes_per_pillar=N", "min_edges": "--extract min_edges=N",
+    "surface_radius_um": "--extract surface_radius_um=UM", "cortex_depth_um": "--extract cortex_depth_um=UM",
+    "shape": "--shape", "voxel_size_um": "--voxel-size",
+    "extract": "--extract KEY=VALUE (e.g. --extract min_edges=500, --extract surface_radius_um=5)",
+    "cortex_size_um": "--cortex size_um=[X,Y,Z]",
+}
 
 
 def parse_shard(text: str) -> tuple[int, int]:
     """``"3/8"`` -> ``(3, 8)``, checked: 0 <= I < N."""
-    from octasim.dataset import check_shard
+    from octasim.synth import check_shard
 
     index, sep, count = str(text).partition("/")
     try:
@@ -126,8 +140,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from octasim.dataset import SynthConfig, finalize_dataset, generate_dataset
-    from octasim.profiles import load_profile
+    from octasim.synth import NoPatchError, SynthConfig, finalize_dataset, generate_dataset, resolve_profile
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
@@ -140,12 +153,7 @@ def run(args: argparse.Namespace) -> int:
         raise OctasimError("--finalize takes the shards' arguments without --shard "
                            "(it checks the samples of all shards)")
     overrides = parse_assignments(args.overrides, "--set")
-    spec = str(args.profile)
-    if spec.lower().endswith((".yaml", ".yml")):
-        name = Path(spec).stem
-    else:
-        name = spec
-    profile = load_profile(spec, overrides or None)  # unknown keys raise ValueError here
+    profile, name = resolve_profile(str(args.profile), overrides or None)  # unknown keys raise ValueError here
     config = SynthConfig(profile=profile, profile_name=name, shape=tuple(args.shape),
                          voxel_size_um=args.voxel_size, graph=str(args.graph) if args.graph else None,
                          graph_voxel_size_um=args.graph_voxel_size, seed=args.seed,
@@ -176,12 +184,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"octasim generate: {path} cannot be read completely (truncated or damaged since it was "
               f"written); rendering sample {sid} again", file=sys.stderr, flush=True)
 
-    if args.finalize:
-        manifest = finalize_dataset(config, args.out, args.n, qc=not args.no_qc, progress=True)
-    else:
-        manifest = generate_dataset(config, args.out, args.n, workers=args.workers, progress=True,
-                                    qc=not args.no_qc, on_broken=report_broken, scheduler=args.scheduler,
-                                    shard=shard)
+    try:
+        if args.finalize:
+            manifest = finalize_dataset(config, args.out, args.n, qc=not args.no_qc, progress=True)
+        else:
+            manifest = generate_dataset(config, args.out, args.n, workers=args.workers, progress=True,
+                                        qc=not args.no_qc, on_broken=report_broken, scheduler=args.scheduler,
+                                        shard=shard)
+    except NoPatchError as exc:  # word the fixes with this command's options
+        if exc.problem is None:
+            raise
+        raise NoPatchError(exc.problem.message(ADVICE_NAMES), exc.problem) from None
     if shard is not None:
         print(f"shard {shard[0]}/{shard[1]} done in {time.perf_counter() - started:.1f} s ({manifest})")
         print("  when every shard is done, run the same command with --finalize instead of --shard "

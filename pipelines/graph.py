@@ -24,6 +24,10 @@ DEFAULT_SURFACE_RADIUS_UM = 13.0
 DEFAULT_CORTEX_DEPTH_UM = 3000.0
 #: generate_cortex's seed
 DEFAULT_SEED = 0
+#: this command's names for the settings the extractor's advice names (``octasim.extract.Knob`` values)
+ADVICE_NAMES = {"graph_voxel_size_um": "--voxel-size UM", "fov_um": "--fov-um", "min_nodes_per_pillar": "--min-nodes",
+                "min_edges": "--min-edges", "surface_radius_um": "--surface-radius-um",
+                "cortex_depth_um": "--cortex-depth-um"}
 
 
 def register(subparsers) -> None:
@@ -204,7 +208,7 @@ def run_extract(args) -> int:
         raise ValueError(f"{args.graph}: {exc}") from exc
     if not patches:
         raise NoPatchError(f"{args.graph}: no patch could be extracted.\n{report.summary()}\n"
-                           f"advice: {report.advice()}")
+                           f"advice: {report.advice(ADVICE_NAMES)}")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     records = []

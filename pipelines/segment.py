@@ -141,7 +141,10 @@ def run(args: argparse.Namespace) -> int:
     done = [r for r in results if r.ok]
     failed = [r for r in results if not r.ok]
     for r in done:
-        print(f"{r.input.name}: vessel fraction {r.vessel_fraction:.2%} ({r.seconds:.1f} s) -> "
+        size = " x ".join(f"{v:g}" for v in r.spacing_um) if r.spacing_um else "?"
+        shape = " x ".join(str(n) for n in r.shape) if r.shape else "?"
+        print(f"{r.input.name} ({shape} voxels of {size} um): vessel fraction {r.vessel_fraction:.2%} "
+              f"({r.seconds:.1f} s) -> "
               f"{r.mask_path.name}, {r.prob_path.name}, {r.qc_path.name}")
     print(f"segmented {len(done)} of {len(results)} volume(s) with {args.method}; outputs and QC PNGs in {args.out}")
     if failed:

@@ -64,11 +64,16 @@ def test_rotation_is_lateral_only():
 
 
 def test_flips_are_lateral_only():
-    image, label = depth_volume()
-    from monai.transforms import RandFlipd
-    t = build_augmentation(ALWAYS, seed=0)
-    axes = {tr.flipper.spatial_axis for tr in t.transforms if isinstance(tr, RandFlipd)}
-    assert axes == {0, 1}
+    """Flips alone (probability 1, nothing else): image and label come out mirrored along i and j, the
+    same way, and never along depth k."""
+    image, label = depth_volume(16)
+    flips = config_from_dict({"patch_size": 16, "crop_size": 16, "augment": {
+        "rotate_prob": 0.0, "zoom_prob": 0.0, "flip_prob": 1.0, "smooth_prob": 0.0, "noise_prob": 0.0,
+        "histogram_shift_prob": 0.0}})
+    out = build_augmentation(flips, seed=0)({"image": image, "label": label})
+    torch.testing.assert_close(out["image"], torch.from_numpy(image).flip(1, 2), atol=1e-6, rtol=0)
+    assert torch.equal(out["label"], torch.from_numpy(label).float().flip(1, 2))
+    assert not torch.equal(out["label"], torch.from_numpy(label).float().flip(1, 2, 3))
 
 
 def test_seeded_is_reproducible():

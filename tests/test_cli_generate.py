@@ -70,6 +70,7 @@ def test_graph_without_patch(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert str(graph) in err and "no_surface_vessel" in err and "--graph-voxel-size" in err
+    assert "--extract surface_radius_um=UM" in err and "graph_voxel_size_um" not in err  # options, not API names
     assert not (tmp_path / "x").exists()  # nothing written: a corrected command can use the same folder
 
 
@@ -78,6 +79,7 @@ def test_procedural_rejection_is_explained(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "procedural cortex" in err and "too_few_edges" in err
+    assert "lower --extract surface_radius_um=UM" in err and "--cortex size_um=[X,Y,Z]" in err
     assert not (tmp_path / "x").exists()
 
 

@@ -38,6 +38,8 @@ def test_otsu_without_model(tmp_path, capsys):
     assert (out / "vol_prob.nii.gz").exists() and (out / "vol_qc.png").exists()
     text = capsys.readouterr().out
     assert "segmented 1 of 1" in text and str(out) in text and "vol_qc.png" in text
+    shape = " x ".join(str(n) for n in tube.shape)
+    assert f"vol.nii.gz ({shape} voxels of 2 x 2 x 2 um)" in text  # the voxel size it computed with
 
 
 def test_unet_with_all_options(tmp_path, ckpt):

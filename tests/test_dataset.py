@@ -1,8 +1,9 @@
-"""Tests of octasim.dataset: sample synthesis and dataset folders (small procedural volumes)."""
+"""Tests of octasim.synth: sample synthesis and dataset folders (small procedural volumes)."""
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from octasim.dataset import (DatasetError, NoPatchError, SynthConfig, generate_dataset, load_dataset,
+from octasim.synth import (DatasetError, NoPatchError, SynthConfig, generate_dataset, load_dataset,
                              render_sample, sample_id)
 from octasim.graph import VesselGraph
 
@@ -218,8 +219,37 @@ def test_graph_without_patches_explains_why(tmp_path):
     cfg = SynthConfig(**{**SMALL, "graph": str(path)})
     with pytest.raises(NoPatchError) as err:
         render_sample(cfg, 0)
-    msg = str(err.value)
-    assert str(path) in msg and "no_surface_vessel" in msg and "--graph-voxel-size" in msg
+    msg = str(err.value)  # the library names SynthConfig's settings; `octasim generate` its options
+    assert str(path) in msg and "no_surface_vessel" in msg and "graph_voxel_size_um" in msg and "--" not in msg
+    problem = err.value.problem  # the same as data
+    assert problem.report.failed_rule == "no_surface_vessel" and problem.fixes[0] == "graph_units"
+    assert "give its voxel size (--graph-voxel-size UM)" in problem.message({"graph_voxel_size_um": "--graph-voxel-size UM"})
+    again = pickle.loads(pickle.dumps(err.value))  # as a worker process or dask hands it back
+    assert str(again) == msg and again.problem == problem
+
+
+def test_profile_is_read_once_and_never_serialized_per_volume(tmp_path, monkeypatch):
+    """`octasim generate` reads the profile files once per process (it used to read paper.yaml three
+    times: in the command, when the dataset resolved its config, and when the first sample did), and
+    rendering with a profile dict (on-the-fly training with overrides) reads no file and serializes no
+    profile to JSON per volume."""
+    from octasim import profiles
+    from octasim.synth import config as synth_config
+    from pipelines.cli import main
+
+    monkeypatch.setattr(synth_config, "_PROFILES", {})
+    reads, dumped = [], []
+    read_yaml, dumps = profiles._read_yaml, json.dumps
+    monkeypatch.setattr(profiles, "_read_yaml", lambda path: reads.append(path.name) or read_yaml(path))
+    assert main(["generate", "--out", str(tmp_path / "d"), "--n", "2", "--shape", "24", "--voxel-size", "5",
+                 "--no-qc", "--profile", "octa"]) == 0
+    assert sorted(reads) == ["octa.yaml", "paper.yaml"]
+    profile = profiles.load_profile("octa", {"len_tail": 0.7})
+    reads.clear()
+    monkeypatch.setattr(json, "dumps", lambda obj, *a, **k: dumped.append(dumps(obj, *a, **k)) or dumped[-1])
+    for i in range(2):
+        render_sample(SynthConfig(profile=profile, profile_name="octa", shape=24, voxel_size_um=5.0), i)
+    assert reads == [] and not any("len_tail" in text for text in dumped)
 
 
 def test_graph_file_source(tmp_path):

@@ -19,9 +19,9 @@ ROOT = PACKAGE.parent
 #: the error classes the issue names (module, class); any other *Error class found in octasim is checked too
 KNOWN = {("octasim.graph", "GraphError"), ("octasim.graph_io", "GraphFileNotFoundError"),
          ("octasim.nifti", "VolumeError"), ("octasim.model", "CheckpointError"),
-         ("octasim.train.config", "ConfigError"), ("octasim.train.data", "DataError"),
+         ("octasim.train.config", "ConfigError"),
          ("octasim.train.trainer", "TrainError"), ("octasim.preprocess", "PreprocessError"),
-         ("octasim.dataset", "DatasetError"), ("octasim.extract", "NoPatchError"),
+         ("octasim.synth.manifest", "DatasetError"), ("octasim.extract", "NoPatchError"),
          ("octasim.profiles", "ProfileError")}
 
 
@@ -49,11 +49,20 @@ def test_every_error_class_is_an_octasim_error():
 
 
 def test_no_patch_error_is_defined_once():
-    import octasim.dataset
     import octasim.extract
+    import octasim.synth
 
     assert [m for m, n in defined_error_classes() if n == "NoPatchError"] == ["octasim.extract"]
-    assert octasim.dataset.NoPatchError is octasim.extract.NoPatchError
+    assert octasim.synth.NoPatchError is octasim.extract.NoPatchError
+
+
+def test_one_class_for_unusable_data():
+    """Training's DataError is the dataset stage's DatasetError (one class, one strict manifest reader)."""
+    from octasim.synth import DatasetError
+    from octasim.train.data import DataError
+
+    assert DataError is DatasetError
+    assert [m for m, n in defined_error_classes() if n in ("DataError", "DatasetError")] == ["octasim.synth.manifest"]
 
 
 def test_cli_prints_an_octasim_error_without_traceback(monkeypatch, capsys):

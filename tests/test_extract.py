@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from octasim.extract import RULES, ExtractParams, ExtractionReport, extract_patches
+from octasim.extract import NO_PILLARS, RULES, ExtractParams, ExtractionReport, Knob, extract_patches
 from octasim.graph import VesselGraph
 
 FOV = (100.0, 100.0, 100.0)
@@ -123,7 +123,7 @@ def test_report_summary_has_one_line_per_rule():
     lines = report.summary().splitlines()
     for rule in RULES:
         assert sum(rule in line for line in lines) == 1
-    assert report.advice() == ""
+    assert report.advice() == "" and report.failed_rule is None
     d = report.to_dict()
     assert d["n_patches"] == 1 and d["params"]["min_edges"] == 20
 
@@ -148,17 +148,30 @@ def test_voxel_unit_graph_advice_mentions_voxel_size():
     vox = VesselGraph(um.nodes / 4.0, um.edges, um.radius / 4.0)  # the same graph in 4 um voxels
     patches, report = extract_patches(vox, params)
     assert patches == []
-    assert max(report.rejected, key=report.rejected.get) == "no_surface_vessel"
-    advice = report.advice()
-    assert "no_surface_vessel" in advice and "voxel" in advice and "--voxel-size" in advice
+    assert report.failed_rule == "no_surface_vessel"
+    advice = report.advice()  # the library names its own parameters, no command-line option
+    assert "no_surface_vessel" in advice and "voxel" in advice and "read_graph(voxel_size_um=)" in advice
+    assert "--" not in advice
+
+
+def test_advice_words_the_settings_with_the_callers_names():
+    """Which rule failed is data; a caller (the command line) names the settings its own way."""
+    rng = np.random.default_rng(1)
+    vox = _dense_block(rng, 400, 6000, 0.25)
+    _, report = extract_patches(vox, ExtractParams().scaled_to((200, 200, 200)))
+    names = {k.value: f"<{k.name}>" for k in Knob}
+    advice = report.advice(names)
+    assert "<GRAPH_VOXEL_SIZE>" in advice and "<SURFACE_RADIUS>" in advice
+    assert "read_graph" not in advice and "surface_radius_um" not in advice
 
 
 def test_too_few_edges_advice():
     g, _ = five_pillar_graph()
     params = ExtractParams(**{**PARAMS.__dict__, "min_edges": 10_000})
     patches, report = extract_patches(g, params)
-    assert patches == [] and report.rejected["too_few_edges"] == 2
-    assert "--min-edges" in report.advice()
+    assert patches == [] and report.rejected["too_few_edges"] == 2 and report.failed_rule == "too_few_edges"
+    assert "Lower min_edges" in report.advice()
+    assert "Lower --min-edges" in report.advice({Knob.MIN_EDGES.value: "--min-edges"})
 
 
 def test_empty_and_deep_graphs():
@@ -166,6 +179,7 @@ def test_empty_and_deep_graphs():
     deep = g.translate([0, 0, 5000])
     patches, report = extract_patches(deep, PARAMS)
     assert patches == [] and report.n_pillars == 0 and "depth" in report.advice()
+    assert report.failed_rule == NO_PILLARS
     assert isinstance(report, ExtractionReport)
 
 
@@ -210,7 +224,7 @@ def test_advice_names_the_voxel_size_the_graph_was_read_with():
     patches, report = extract_patches(g, ExtractParams().scaled_to((50, 50, 50)))
     assert patches == []
     advice = report.advice()
-    assert "Units look wrong" in advice and "voxel size of 1 um" in advice and "--voxel-size" in advice
+    assert "Units look wrong" in advice and "voxel size of 1 um" in advice and "read_graph(voxel_size_um=)" in advice
 
 
 def test_pillar_grid_too_large_is_refused_before_allocating():

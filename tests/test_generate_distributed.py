@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from distributed import WorkerPlugin
 
-from octasim.dataset import (SHARDS_DIR, MissingSamplesError, SynthConfig, finalize_dataset,
+from octasim.synth import (SHARDS_DIR, MissingSamplesError, SynthConfig, finalize_dataset,
                              generate_dataset)
 from pipelines.cli import main
 
@@ -157,12 +157,12 @@ def test_worker_killed_mid_sample_loses_nothing(reference, tmp_path):
 
 
 def test_unreachable_scheduler_is_explained(tmp_path, capsys):
-    from octasim import dataset
+    from octasim.synth import folder
 
-    old, dataset.SCHEDULER_TIMEOUT_S = dataset.SCHEDULER_TIMEOUT_S, 1
+    old, folder.SCHEDULER_TIMEOUT_S = folder.SCHEDULER_TIMEOUT_S, 1
     try:
         rc = main(["generate", "--out", str(tmp_path / "ds"), *CLI, "--no-qc", "--scheduler", "tcp://127.0.0.1:9"])
     finally:
-        dataset.SCHEDULER_TIMEOUT_S = old
+        folder.SCHEDULER_TIMEOUT_S = old
     assert rc == 2
     assert "cannot reach the dask scheduler at 'tcp://127.0.0.1:9'" in capsys.readouterr().err

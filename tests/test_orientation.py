@@ -81,7 +81,7 @@ def test_convention_change_is_recognised_only_between_octasim_conventions():
 
 
 def test_generated_sample_has_the_new_affine(tmp_path):
-    from octasim.dataset import SynthConfig, generate_dataset, load_dataset
+    from octasim.synth import SynthConfig, generate_dataset, load_dataset
 
     out = tmp_path / "data"
     generate_dataset(SynthConfig(shape=(32, 32, 32), voxel_size_um=4.0, seed=3), out, n=1, workers=1, progress=False)

@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from octasim.dataset import (SynthConfig, _extract_params, generate_dataset, render_sample, sample_seed,
-                             window_patch)
+from octasim.synth import SynthConfig, generate_dataset, render_sample, sample_seed
+from octasim.synth.sources import extract_params_for, window_patch
 from octasim.extract import Patch
 from octasim.graph import VesselGraph
 
@@ -38,7 +38,7 @@ def test_offset_zero_is_the_reference_rule():
     patch_ss, param_ss, sim_ss = np.random.SeedSequence(sample_seed(cfg, 1)).spawn(3)
     rng = np.random.default_rng(patch_ss)
     block = generate_cortex(CortexParams(size_um=(520.0, 520.0, 96.0 + 150.0)), seed=int(rng.integers(2**31)))
-    patches, _ = extract_patches(block, _extract_params(cfg))
+    patches, _ = extract_patches(block, extract_params_for(cfg))
     patch = patches[int(rng.integers(len(patches)))]
     params = sample_parameters(load_profile("two-photon"), np.random.default_rng(param_ss))
     maps = voxelize(patch.graph, cfg.shape, 2.0, occupancy=True)
@@ -86,6 +86,7 @@ def test_voxel_size_range_changes_the_scale_and_is_recorded(tmp_path):
     for r, v in zip(recs, sizes):  # the patch covers the grid at the drawn voxel size
         assert r["source"]["size_um"] == pytest.approx([48 * v] * 3)
     assert cfg.nominal_voxel_size_um == 1.5 and cfg.fov_um == (96.0, 96.0, 96.0)
+    assert SynthConfig(voxel_size_um=[1.0, 4.0], voxel_size_log=True).nominal_voxel_size_um == 2.0  # geometric middle
     # written volumes carry the drawn voxel size; the manifest the nominal one and the range
     manifest = json.loads(generate_dataset(cfg, tmp_path / "d", n=2, progress=False, qc=False).read_text())
     assert manifest["voxel_size_um"] == 1.5 and manifest["config"]["voxel_size_um"] == [1.0, 2.0]
@@ -118,7 +119,7 @@ def test_given_patches_are_windowed():
 
 
 def test_bad_values_are_refused():
-    for kw, match in ((dict(depth_offset_um=-5), "depth_offset_um"), (dict(depth_offset_um=[300, 100]), "lo <= hi"),
+    for kw, match in ((dict(depth_offset_um=-5), "depth_offset_um"), (dict(depth_offset_um=[300, 100]), "lo > hi"),
                       (dict(voxel_size_um=[0.0, 2.0]), "voxel size"), (dict(label_min_occupancy=0.0), "label_min"),
                       (dict(pial_radius_min_um=-1), "pial_radius_min_um")):
         with pytest.raises(ValueError, match=match):
@@ -128,7 +129,7 @@ def test_bad_values_are_refused():
 
 
 def test_label_on_scanner_grid():
-    from octasim.dataset import label_on_scanner_grid
+    from octasim.simulate.acquisition import label_on_scanner_grid
 
     lab = np.zeros((4, 4, 10), bool)
     lab[1, 1, 4] = True
@@ -137,6 +138,27 @@ def test_label_on_scanner_grid():
     assert label_on_scanner_grid(lab, [1, 1, 1]).sum() == 1  # no coarser axis: unchanged
     wide = label_on_scanner_grid(lab, [2, 1, 1])
     assert wide[:, 1, 4].tolist() == [True, True, False, False]
+
+
+@pytest.mark.parametrize("shape, f", [((10, 7, 13), (1.0, 2.6, 5.0)), ((48, 40, 33), (1.5, 1.5, 2.5)),
+                                      ((5, 3, 2), (3.0, 1.2, 4.0)), ((9, 9, 9), (1.0, 1.0, 1.0))])
+def test_label_cells_are_the_image_scanner_grid(shape, f):
+    """The label drawn on the scanner grid has exactly the cells the acquisition stage samples the
+    image on (one rule, ``scanner_shape``, for both)."""
+    from octasim.simulate.acquisition import downsample, label_on_scanner_grid, scanner_shape
+
+    f = np.asarray(f)
+    image_grid = downsample(np.zeros(shape, np.float32), f).shape
+    assert image_grid in (scanner_shape(shape, f), shape)  # unchanged when no axis is coarser
+    for axis, n in enumerate(shape):
+        cells = set()  # light one voxel at a time: the lit runs are the label's cells along the axis
+        for p in range(n):
+            lab = np.zeros(shape, bool)
+            lab[tuple(p if a == axis else 0 for a in range(3))] = True
+            line = label_on_scanner_grid(lab, f)[tuple(slice(None) if a == axis else 0 for a in range(3))]
+            cells.add(tuple(np.flatnonzero(line)))
+        assert len(cells) == min(image_grid[axis], n), (axis, sorted(cells))
+        assert sorted(i for c in cells for i in c) == list(range(n))  # a partition of the axis
 
 
 def test_label_acquisition_follows_the_sampled_slices():
@@ -166,3 +188,26 @@ def test_graph_file_with_depth_offset(tmp_path):
     start = s_deep.record["source"]["origin_um"][2] - d
     assert start < 50.0 and s_deep.record["vessel_fraction"] < s_top.record["vessel_fraction"]
     assert np.array_equal(render_sample(deep, 0).image, s_deep.image)
+
+
+def test_graph_voxel_size_range_extracts_patches_once(tmp_path, monkeypatch):
+    """A graph's patches depend on the config alone (largest FOV, deepest offset), so a voxel-size range
+    extracts them once per process (it used to extract again for every drawn FOV, i.e. every sample);
+    each sample's window of its drawn FOV is cut from them."""
+    from octasim import extract
+    from octasim.generator import CortexParams, generate_cortex
+    from octasim.graph_io import write_graph
+
+    path = tmp_path / "cortex.npz"
+    write_graph(generate_cortex(CortexParams(size_um=(520, 520, 320)), seed=1), path)
+    calls = []
+    real = extract.extract_patches
+    monkeypatch.setattr(extract, "extract_patches", lambda *a, **k: calls.append(a[1].fov_um) or real(*a, **k))
+    cfg = SynthConfig(**{**BASE, "graph": str(path), "voxel_size_um": [1.0, 2.0]})
+    samples = [render_sample(cfg, i) for i in range(3)]
+    assert calls == [(96.0, 96.0, 96.0)]  # the largest FOV, once
+    for s in samples:
+        v = s.record["voxel_size_um"]
+        assert 1.0 <= v <= 2.0 and s.record["source"]["size_um"] == pytest.approx([48 * v] * 3)
+        assert s.record["source"]["n_patches"] >= 1 and s.label.any()
+    assert np.array_equal(render_sample(cfg, 1).image, samples[1].image)

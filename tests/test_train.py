@@ -42,9 +42,9 @@ def make_dataset(root: Path, n: int = 4, shape: int = 32, seed: int = 0, voxel_s
         write_volume(root / "labels" / f"{sid}.nii.gz", label, spacing_um=voxel_size_um)
         samples.append({"id": sid, "image": f"images/{sid}.nii.gz", "label": f"labels/{sid}.nii.gz",
                         "seed": seed * 1000 + i, "params": {}})
-    (root / "dataset.json").write_text(json.dumps({"format": "octasim-dataset", "version": 1,
+    (root / "dataset.json").write_text(json.dumps({"format": "octasim-dataset", "version": 1, "config": {},
                                                    "voxel_size_um": voxel_size_um, "shape": [shape] * 3,
-                                                   "samples": samples}))
+                                                   "n": n, "complete": True, "samples": samples}))
     return root
 
 
@@ -74,7 +74,7 @@ def test_shipped_configs_load():
     spec, name = SynthRenderer(mixed)._profile("paper")  # overrides are valid profile parameters
     assert name == "paper" and spec["acquisition"] is True and spec["acq_slice_spacing_um"] == [2.0, 5.0]
     # the realism options are valid SynthConfig fields, and the network trains on the nominal grid
-    from octasim.dataset import SynthConfig
+    from octasim.synth import SynthConfig
     opts = mixed.on_the_fly.synth_options
     synth = SynthConfig(shape=mixed.on_the_fly.shape, **opts)
     assert synth.voxel_size_um == [1.0, 2.0] and synth.depth_offset_um == [0.0, 400.0] and synth.label_acquisition
@@ -166,13 +166,35 @@ def test_patch_dataset_is_a_function_of_index(dataset):
 def test_dataset_errors(tmp_path):
     with pytest.raises(DataError, match="dataset.json"):
         load_dataset_samples([tmp_path])
-    (tmp_path / "dataset.json").write_text(json.dumps({"format": "octasim-dataset", "samples": []}))
+    head = {"format": "octasim-dataset", "version": 1, "config": {}, "voxel_size_um": 2.0, "shape": [8] * 3}
+    (tmp_path / "dataset.json").write_text(json.dumps({**head, "n": 0, "samples": []}))
     with pytest.raises(DataError, match="no samples"):
         load_dataset_samples([tmp_path])
-    (tmp_path / "dataset.json").write_text(json.dumps({"samples": [{"id": "a", "image": "images/a.nii.gz",
-                                                                    "label": "labels/a.nii.gz"}]}))
+    sample = {"id": "a", "image": "images/a.nii.gz", "label": "labels/a.nii.gz", "seed": 0}
+    (tmp_path / "dataset.json").write_text(json.dumps({**head, "n": 1, "samples": [sample]}))
     with pytest.raises(DataError, match="images/a.nii.gz"):
         load_dataset_samples([tmp_path])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"format": None}, "not an octasim dataset manifest"),
+    ({"version": 2}, "version 2 is not supported"),
+    ({"n": 5}, r"unfinished \(4 of 5 samples"),
+    ({"config": None}, "lacks the key 'config'"),
+])
+def test_training_reads_manifests_strictly(tmp_path, change, message):
+    """Training reads dataset.json with the dataset stage's one strict reader (it used to accept a
+    manifest without format or version, of another version, or listing fewer samples than n)."""
+    root = make_dataset(tmp_path / "d")
+    data = json.loads((root / "dataset.json").read_text())
+    for key, value in change.items():
+        if value is None:
+            data.pop(key)
+        else:
+            data[key] = value
+    (root / "dataset.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match=message):
+        load_dataset_samples([root])
 
 
 def test_on_the_fly_never_repeats_a_volume():

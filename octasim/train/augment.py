@@ -19,6 +19,10 @@ from monai.transforms import (CenterSpatialCropd, Compose, EnsureTyped, MapTrans
 from octasim.train.config import AugmentConfig, TrainConfig
 
 KEYS = ("image", "label")
+#: how the fused spatial resample (lazy ``Compose``, see :func:`build_augmentation`) interpolates and pads
+#: each key: the label linearly too, then thresholded at 0.5 (``ClipLabeld``), so it stays on the image
+RESAMPLE = {"image": {"mode": "bilinear", "padding_mode": "border"},
+            "label": {"mode": "bilinear", "padding_mode": "zeros"}}
 
 
 class ClipLabeld(MapTransform):
@@ -81,15 +85,17 @@ def _plain(x) -> torch.Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
-def lateral_rotation(range_deg: float, prob: float) -> RandRotated:
+def lateral_rotation(range_deg: float, prob: float, label_mode: str = "nearest") -> RandRotated:
     """Rotation about the depth axis k only, angle uniform in +-``range_deg`` degrees.
 
     MONAI names 3D rotation ranges by the axis rotated *about*: ``range_z`` turns the (i, j) plane and
-    leaves k untouched (checked by tests/test_augment.py).
+    leaves k untouched (checked by tests/test_augment.py). The image is resampled linearly; the label
+    with ``label_mode`` (nearest: it stays binary on its own; :func:`build_augmentation` resamples it
+    linearly, ``RESAMPLE``, and thresholds it afterwards).
     """
     rad = math.radians(range_deg)
     return RandRotated(keys=KEYS, range_x=0.0, range_y=0.0, range_z=(-rad, rad), prob=prob, keep_size=True,
-                       mode=("bilinear", "nearest"), padding_mode=("border", "zeros"), dtype=np.float32)
+                       mode=("bilinear", label_mode), padding_mode=("border", "zeros"), dtype=np.float32)
 
 
 def build_augmentation(cfg: TrainConfig, include_crop: bool = False, seed: int | None = None) -> Compose:
@@ -105,9 +111,10 @@ def build_augmentation(cfg: TrainConfig, include_crop: bool = False, seed: int |
         steps += [SpatialPadd(keys=KEYS, spatial_size=(crop,) * 3, mode="edge"),
                   RandSpatialCropd(keys=KEYS, roi_size=(crop,) * 3, random_size=False)]
     steps += [
-        lateral_rotation(a.rotate_range_deg, a.rotate_prob),
+        lateral_rotation(a.rotate_range_deg, a.rotate_prob, label_mode=RESAMPLE["label"]["mode"]),
+        # the lazy resample applies RESAMPLE; these are the same choices in the words of an eager zoom
         RandZoomd(keys=KEYS, prob=a.zoom_prob, min_zoom=float(a.zoom_range[0]), max_zoom=float(a.zoom_range[1]),
-                  mode=("trilinear", "nearest"), padding_mode=("edge", "constant"), keep_size=True),
+                  mode=("trilinear", "trilinear"), padding_mode=("edge", "constant"), keep_size=True),
         RandFlipd(keys=KEYS, prob=a.flip_prob, spatial_axis=0),
         RandFlipd(keys=KEYS, prob=a.flip_prob, spatial_axis=1),
         (RandSpatialCropd(keys=KEYS, roi_size=(patch,) * 3, random_size=False) if a.random_final_crop
@@ -124,12 +131,10 @@ def build_augmentation(cfg: TrainConfig, include_crop: bool = False, seed: int |
     # Lazy resampling (MONAI): rotation, zoom, flips and the crop are fused into one resample that
     # computes only the patch_size^3 output, about a third cheaper per patch than resampling the crop
     # twice. It also keeps the label on the image: the label is interpolated linearly and thresholded
-    # at 0.5 (ClipLabeld), whereas the eager pipeline's nearest-neighbour resamples (rotation, and zoom
-    # with torch's 'nearest') shift it by up to half a voxel, a good part of a thin vessel's overlap
-    # ('nearest-exact' for the zoom alone does not remove it; tests/test_augment.py measures the shift).
-    transform = Compose(steps, lazy=True, overrides={
-        "image": {"mode": "bilinear", "padding_mode": "border"},
-        "label": {"mode": "bilinear", "padding_mode": "zeros"}})
+    # at 0.5 (ClipLabeld), whereas nearest-neighbour resamples (rotation, and zoom with torch's
+    # 'nearest') shift it by up to half a voxel, a good part of a thin vessel's overlap ('nearest-exact'
+    # for the zoom alone does not remove it; tests/test_augment.py measures the shift).
+    transform = Compose(steps, lazy=True, overrides={k: dict(v) for k, v in RESAMPLE.items()})
     if seed is not None:
         transform.set_random_state(seed=seed)
     return transform

@@ -1,20 +1,21 @@
 """Training configuration: a dataclass tree loaded from YAML (``data/configs/*.yaml``).
 
-Unknown keys are errors that name the key, so a typo never silently falls back to a default.
+Built by :func:`octasim.typed.from_mapping` from the dataclasses' type hints: unknown keys and values
+of the wrong type are errors that name the file and the key, so a typo never silently falls back to
+a default; :meth:`TrainConfig.validate` then checks ranges and consistency.
 Lengths are in voxels of the training grid (the dataset's voxel size, um, is recorded in checkpoints).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from octasim.paths import DATA_DIR
 from octasim.errors import OctasimError
+from octasim.paths import DATA_DIR
+from octasim.typed import convert, from_mapping
 
 #: Names accepted by ``--config`` besides a YAML path.
 BUILTIN_CONFIGS = ("default", "paper", "mixed", "multiscale", "multiscale-surface", "finetune")
@@ -82,9 +83,27 @@ class AugmentConfig:
 class ProfileWeight:
     """A simulation profile (shipped name or YAML path), its draw weight, and parameter overrides."""
 
+    SHORTHAND: ClassVar[str] = "name"  #: a profile may be given by its name alone
+
     name: str = "octa"
     weight: float = 1.0
     overrides: dict[str, Any] = field(default_factory=dict)  #: profile parameters replaced (value or [lo, hi])
+
+
+#: SynthConfig fields the on-the-fly renderer sets itself (not ``synth_options``)
+_SYNTH_FIXED = frozenset({"profile", "profile_name", "seed", "shape"})
+
+
+def _synth_config_class() -> type:
+    """The simulator's SynthConfig (imported when a config is checked, not when this module loads)."""
+    from octasim.synth import SynthConfig
+
+    return SynthConfig
+
+
+def synth_option_keys() -> set[str]:
+    """Keys ``on_the_fly.synth_options`` may hold: the fields of SynthConfig but those the renderer sets."""
+    return {f.name for f in dataclasses.fields(_synth_config_class())} - _SYNTH_FIXED
 
 
 @dataclass
@@ -96,7 +115,8 @@ class OnTheFlyConfig:
     voxel_size_um: float = 2.0
     crops_per_volume: int = 4     #: patches drawn from each rendered volume
     n_val: int = 2                #: validation volumes rendered once (when no dataset dir is given)
-    synth_options: dict[str, Any] = field(default_factory=dict)  #: extra SynthConfig fields
+    #: extra SynthConfig fields (keys checked against them; values by SynthConfig itself)
+    synth_options: dict[str, Any] = field(default_factory=dict, metadata={"keys": synth_option_keys})
 
 
 @dataclass
@@ -191,112 +211,21 @@ class TrainConfig:
         if not self.on_the_fly.profiles or any(p.weight < 0 for p in self.on_the_fly.profiles) \
                 or sum(p.weight for p in self.on_the_fly.profiles) <= 0:
             bad("on_the_fly.profiles", "needs at least one profile and non-negative weights with a positive sum")
-        from dataclasses import fields as _fields
-
-        from octasim.dataset import SynthConfig
-        allowed = {f.name for f in _fields(SynthConfig)} - {"profile", "profile_name", "seed", "shape"}
-        unknown = sorted(set(self.on_the_fly.synth_options) - allowed)
-        if unknown:
-            bad("on_the_fly.synth_options", f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(allowed))})")
-        if len(self.on_the_fly.shape) != 3 or min(self.on_the_fly.shape) < self.patch_size:
+        otf = self.on_the_fly
+        # keys as from_mapping checks them (again here, for a config built in Python rather than from a mapping)
+        convert(otf.synth_options, dict[str, Any], "on_the_fly.synth_options", source, ConfigError, synth_option_keys)
+        if len(otf.shape) != 3 or min(otf.shape) < self.patch_size:
             bad("on_the_fly.shape", f"needs 3 sizes, each >= patch_size {self.patch_size}")
+        try:  # the values as the on-the-fly renderer passes them: SynthConfig checks its own fields
+            _synth_config_class()(shape=otf.shape, **{"voxel_size_um": otf.voxel_size_um, **otf.synth_options})
+        except (TypeError, ValueError) as exc:
+            bad("on_the_fly.synth_options", str(exc))
         return self
-
-
-def _build(cls, data: Any, where: str, source: str):
-    """Recursively turn a mapping into dataclass ``cls``; unknown keys and values of the wrong type are
-    errors naming the file and the key."""
-    if data is None:
-        return cls()
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: {where or 'top level'}: expected a mapping of keys, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        name = f"{where}.{key}" if where else str(key)
-        if key not in fields:
-            raise ConfigError(f"{source}: unknown key {name!r} (known: {', '.join(sorted(fields))})")
-        kwargs[key] = _convert(value, hints[key], name, source)
-    return cls(**kwargs)
-
-
-def _number(value: Any) -> float | None:
-    """``value`` as a finite float if it is a number or a numeric string ("1e-3"), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            return None
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def _in_words(hint: Any) -> str:
-    """A type hint as an imaging scientist reads it in an error message."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _in_words(a) for a in args)
-    if origin is list:
-        item = args[0]
-        plural = {int: "integers", float: "numbers", bool: "true / false values", str: "texts"}
-        return f"a list of {'mappings' if dataclasses.is_dataclass(item) else plural.get(item, str(item))}"
-    if origin is dict or dataclasses.is_dataclass(hint):
-        return "a mapping of keys"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a text"}.get(hint, str(hint))
-
-
-def _convert(value: Any, hint: Any, name: str, source: str) -> Any:
-    """``value`` checked against the field's type hint: ints are accepted for numbers, numeric strings
-    (YAML 1.1 reads ``1e-3`` as text) are converted; otherwise ConfigError names the key, the file and
-    the expected type."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):  # X | None
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        try:
-            return _convert(value, inner, name, source)
-        except ConfigError:
-            pass
-    elif dataclasses.is_dataclass(hint):
-        if isinstance(value, str) and hint is ProfileWeight:  # a profile given by its name
-            value = {"name": value}
-        return _build(hint, value, name, source)
-    elif origin is list:
-        if isinstance(value, (list, tuple)):
-            return [_convert(v, args[0], f"{name}[{i}]", source) for i, v in enumerate(value)]
-    elif origin is dict:
-        if isinstance(value, dict):
-            return value
-    elif hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        number = _number(value)
-        if number is not None and number == int(number):
-            return int(number)
-    elif hint is float:
-        number = _number(value)
-        if number is not None:
-            return number
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    shown = "null (no value)" if value is None else repr(value)
-    raise ConfigError(f"{source}: {name}: expected {_in_words(hint)}, got {shown}")
 
 
 def config_from_dict(data: dict[str, Any] | None, source: str = "config") -> TrainConfig:
     """Build and check a TrainConfig from a (possibly partial) nested mapping."""
-    return _build(TrainConfig, data or {}, "", source).validate(source)
+    return from_mapping(TrainConfig, data or {}, source, error=ConfigError).validate(source)
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:

@@ -17,7 +17,6 @@ on-the-fly synthesis.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -26,15 +25,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from octasim.synth.manifest import MANIFEST, load_dataset
+from octasim.synth.manifest import DatasetError as DataError  # one class: training data cannot be used
 from octasim.train.augment import build_augmentation, seed_for
-from octasim.errors import OctasimError
 from octasim.train.config import TrainConfig
-
-MANIFEST = "dataset.json"
-
-
-class DataError(OctasimError):
-    """Training data cannot be used; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -119,36 +113,11 @@ def find_labelled_scans(directory: str | Path) -> list[SampleRef]:
 
 
 def read_manifest(directory: str | Path) -> tuple[dict[str, Any], list[SampleRef]]:
-    """Parse ``directory/dataset.json``; errors name the file for a missing manifest, samples or files."""
+    """Parse ``directory/dataset.json`` with the one strict reader (:func:`octasim.synth.manifest.load_dataset`);
+    errors name the file for a missing or malformed manifest, an unfinished dataset, samples or files."""
     directory = Path(directory)
-    path = directory / MANIFEST
-    if not directory.is_dir():
-        raise DataError(f"{directory}: no such dataset folder")
-    if not path.exists():
-        raise DataError(f"{path}: no dataset manifest (is {directory} a folder written by `octasim generate`?)")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format", "octasim-dataset") != "octasim-dataset":
-        raise DataError(f"{path}: not an octasim dataset manifest (format {meta.get('format')!r})"
-                        if isinstance(meta, dict) else f"{path}: not an octasim dataset manifest")
-    samples = meta.get("samples")
-    if meta.get("complete") is False:
-        raise DataError(f"{path}: the dataset is unfinished; run the same `octasim generate` command again "
-                        "to complete it")
-    if not isinstance(samples, list) or not samples:
-        raise DataError(f"{path}: the dataset has no samples")
-    refs = []
-    for n, s in enumerate(samples):
-        try:
-            sid, image, label = str(s["id"]), directory / s["image"], directory / s["label"]
-        except (KeyError, TypeError) as exc:
-            raise DataError(f"{path}: sample {n} lacks 'id', 'image' or 'label'") from exc
-        for f in (image, label):
-            if not f.exists():
-                raise DataError(f"{path}: sample {sid!r}: file {f} is missing")
-        refs.append(SampleRef(directory, sid, image, label))
+    meta = load_dataset(directory)
+    refs = [SampleRef(directory, str(s["id"]), directory / s["image"], directory / s["label"]) for s in meta["samples"]]
     return meta, refs
 
 
@@ -273,7 +242,7 @@ def rank_patch_index(n: int, batch_size: int, rank: int = 0, world_size: int = 1
 
 def random_crop(image: np.ndarray, label: np.ndarray, size: int, rng: np.random.Generator
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """A random ``size``^3 crop (copied, channel-first ``(1, s, s, s)``); volumes smaller are edge-padded."""
+    """A random ``size``^3 crop (copied, channel-first ``(1, s, s, s)``); volumes smaller are zero-padded by the callers (``_pad_to``)."""
     corner = [int(rng.integers(0, s - size + 1)) for s in image.shape]
     sl = tuple(slice(c, c + size) for c in corner)
     return image[sl][None].copy(), label[sl][None].copy()
@@ -328,7 +297,7 @@ Renderer = Callable[[str, int, int], tuple[np.ndarray, np.ndarray]]
 
 
 class SynthRenderer:
-    """Default renderer: ``octasim.dataset.render_sample`` (imported lazily, in the worker process)."""
+    """Default renderer: ``octasim.synth.render_sample`` (imported lazily, in the worker process)."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         otf = cfg.on_the_fly
@@ -348,9 +317,9 @@ class SynthRenderer:
 
     def __call__(self, profile: str, seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         try:
-            from octasim.dataset import SynthConfig, render_sample
+            from octasim.synth import SynthConfig, render_sample
         except ImportError as exc:  # pragma: no cover - the simulator is a separate module
-            raise DataError(f"on-the-fly training needs octasim.dataset.render_sample ({exc})") from exc
+            raise DataError(f"on-the-fly training needs octasim.synth.render_sample ({exc})") from exc
         spec, name = self._profile(profile)
         # synth_options may override the voxel size with a range (scale randomization): the network
         # still trains on the nominal grid on_the_fly.voxel_size_um, recorded in the checkpoint
