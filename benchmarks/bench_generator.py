@@ -1,7 +1,7 @@
 """Benchmark: procedural mouse-cortex generator, time and morphometry of a 2 x 2 x 1.2 mm block.
 
 Prints the generation time (best of --repeat runs, one core) and the block's statistics beside
-the published mouse-cortex ranges (DESIGN.md, "Real morphometry"). Usage:
+the published mouse-cortex ranges (docs/design.md, "Mouse cortex morphometry"). Usage:
     python benchmarks/bench_generator.py [--size-um 2000 2000 1200] [--seed 0] [--repeat 3]
 """
 from __future__ import annotations

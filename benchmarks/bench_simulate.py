@@ -69,7 +69,7 @@ def paper_params(seed: int, **changes) -> dict:
 
 # ----------------------------------------------------------------------------- the reference loop
 def loop_paper(label, radius, orient, lower, vs_um: float, p: dict, seed: int):
-    """The `paper` artifact model of DESIGN.md as a straightforward per-voxel Python loop.
+    """The `paper` artifact model (docs/design.md, "Signal model") as a straightforward per-voxel Python loop.
 
     Returns (image in [0, 1], tail mask: non-vessel voxels that a tail reached). The Gaussian
     smoothing uses scipy, as the reference implementation did; everything else is per voxel.

@@ -3,7 +3,7 @@
 Data: ``../shared/data/two_photon_sample/`` (real in-vivo two-photon stack of mouse cortex, TIFF
 (z, y, x), voxel 0.994 x 0.994 x 5 um, manual label > 0). The stack is converted to NIfTI once
 (octasim.tiff.read_tiff + octasim.nifti.write_volume). Methods, all run through the
-command line (``pipelines.cli.main``: ``octasim train / segment / evaluate``):
+command line (``octasim.cli.main``: ``octasim train / segment / evaluate``):
 
   (a) otsu        ``octasim segment --method otsu``
   (b) paper       U-Net trained on the fly on the reference OCTA profile ``paper`` (reference geometry:
@@ -141,7 +141,7 @@ def measure_rates(cfg_dict: dict, n_steps: int = 3, n_volumes: int = 2) -> dict:
 
 
 def cli(argv: list[str]) -> int:
-    from pipelines.cli import main
+    from octasim.cli import main
 
     print("$ octasim " + " ".join(map(str, argv)), flush=True)
     rc = main([str(a) for a in argv])
@@ -263,7 +263,7 @@ def main() -> int:
                             "val_dice": float(best.get("best_val_dice", float("nan"))),
                             "seg_s": time.perf_counter() - t, **rates}
         results[method] = evaluate(seg, label_path, work / f"eval_{method}.csv")
-        if method != "otsu":  # the same probability map at the reference threshold 0.5 (DESIGN.md)
+        if method != "otsu":  # the same probability map at the reference threshold 0.5 (docs/design.md)
             prob = seg / "stack_prob.nii.gz"
             cli(["evaluate", "--pred", prob, "--label", label_path, "--threshold", "0.5", "--out",
                  work / f"eval_{method}_t05.csv", "--no-topology"])

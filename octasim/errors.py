@@ -1,7 +1,7 @@
 """The base class of octasim's user-facing errors.
 
 Every error raised for bad input (a file, a folder, an option or a config value) subclasses
-:class:`OctasimError`, so callers catch them all in one place; the command line (``pipelines.cli``)
+:class:`OctasimError`, so callers catch them all in one place; the command line (``octasim.cli``)
 prints them as ``octasim COMMAND: error: MESSAGE`` without a traceback (``--debug`` shows it).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """FOV patch extraction from a large vessel graph (the reference method's rules, in micrometres).
 
-Rules, applied in this order to a lateral grid of pillars (DESIGN.md, "Patch extraction"):
+Rules, applied in this order to a lateral grid of pillars (docs/design.md, "Patch extraction"):
 
 1. ``too_few_nodes``: the pillar (side = FOV lateral size, depth up to ``cortex_depth_um``) holds
    fewer than ``min_nodes_per_pillar`` nodes, counted after dropping nodes flagged outside the brain.

@@ -1,7 +1,7 @@
 """Procedural mouse-cortex vessel graph: pial trees, penetrating vessels and a capillary bed (um).
 
 The generator builds a block of cortical angioarchitecture whose statistics fall in the published
-ranges for mouse somatosensory cortex (DESIGN.md, "Real morphometry"):
+ranges for mouse somatosensory cortex (docs/design.md, "Mouse cortex morphometry"):
 
 1. Dive points of penetrating vessels on a jittered hexagonal grid (spacing ~125 um), each an
    arteriole or a venule.
@@ -20,6 +20,10 @@ ranges for mouse somatosensory cortex (DESIGN.md, "Real morphometry"):
 Everything is vectorized except a few greedy loops over candidate links (fast, plain Python over
 a few hundred thousand integers); a 2 x 2 x 1.2 mm block takes seconds. Same seed -> identical
 arrays.
+
+It stays one module (about 580 lines): the stages are steps of one algorithm that build one
+``_Net`` together and draw from one random stream in a fixed order (which is what makes a seed
+reproducible), and about 120 of its lines are the documented fields of :class:`CortexParams`.
 """
 from __future__ import annotations
 

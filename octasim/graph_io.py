@@ -34,6 +34,11 @@ Formats (``fmt`` names), files and units:
     exactly the stored ``meta``.
 
 Readers raise :class:`~octasim.graph.GraphError` naming the file and, for text formats, the line.
+
+It stays one module (about 790 lines): the six formats share one detection and dispatch table and one
+set of parsing and checking helpers (line-numbered errors, node-id lookup, finite / positive checks,
+atomic text tables), and each format's reader and writer are a few dozen lines; it is organised in
+sections per format, so a split along them is possible when a format grows.
 """
 from __future__ import annotations
 

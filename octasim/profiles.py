@@ -1,7 +1,7 @@
 """Simulation profiles: load a named / YAML / dict profile and sample its parameters per volume.
 
 A profile is a flat mapping ``parameter name -> value``. Every value is either fixed or a range
-``[lo, hi]`` sampled uniformly per volume (domain randomization; integers stay integers). A boolean
+``[lo, hi]`` sampled uniformly per volume (domain randomization). A boolean
 stage switch may also be given as a probability in [0, 1] (the stage is on with that probability).
 Profiles inherit: a YAML file or dict may name ``base: NAME_OR_PATH`` (default ``paper``) and then
 lists only the keys it changes. ``data/profiles/paper.yaml`` defines every parameter with its unit.
@@ -26,10 +26,10 @@ PROFILE_NAMES = ("paper", "octa", "two-photon")
 
 PROFILE_DIR = DATA_DIR / "profiles"
 
-#: every parameter: name -> (kind, unit). kind is "bool", "float", "int" or a tuple of allowed strings.
+#: every parameter: name -> (kind, unit). kind is "bool", "float" or a tuple of allowed strings.
 PARAMETERS: dict[str, tuple[Any, str]] = {
     "modality": (("octa", "two-photon"), "-"),
-    # OCTA vessel signal (DESIGN.md "Artifact model")
+    # OCTA vessel signal (docs/design.md, "Signal model")
     "r_norm_um": ("float", "um"),
     "angle_loss": ("bool", "-"),
     "angle_loss_floor": ("float", "-"),
@@ -154,13 +154,9 @@ def _check_value(key: str, value: Any, source: str) -> None:
         if len(value) != 2 or not all(number(v) for v in value):
             raise ProfileError(f"{where} range must be [lo, hi] with two numbers, got {value!r}")
         check_order(value[0], value[1], where, value, ProfileError)
-        if kind == "int" and not all(float(v).is_integer() for v in value):
-            raise ProfileError(f"{where} is an integer parameter, got range {value!r}")
         return
     if not number(value):
         raise ProfileError(f"{where} must be a number or a [lo, hi] range, got {value!r}")
-    if kind == "int" and not float(value).is_integer():
-        raise ProfileError(f"{where} is an integer parameter, got {value!r}")
 
 
 def _check_keys(data: dict, source: str) -> None:
@@ -227,8 +223,8 @@ def is_sampled(params: dict) -> bool:
 
 
 def sample_parameters(profile: dict, rng: np.random.Generator) -> dict:
-    """Draw one fixed value per parameter: ranges uniformly (ints with ``rng.integers``), switches
-    given as probabilities as Bernoulli draws. Returns plain JSON-serializable values, exactly what
+    """Draw one fixed value per parameter: ranges uniformly, switches given as probabilities as
+    Bernoulli draws. Returns plain JSON-serializable values, exactly what
     :func:`octasim.simulate.simulate` applies; sampling an already sampled dict returns it unchanged
     and consumes no randomness."""
     out: dict = {}
@@ -238,13 +234,7 @@ def sample_parameters(profile: dict, rng: np.random.Generator) -> dict:
         if kind == "bool":
             out[key] = value if isinstance(value, bool) else bool(rng.random() < float(value))
         elif isinstance(value, (list, tuple)):
-            lo, hi = value
-            if kind == "int":
-                out[key] = int(rng.integers(int(lo), int(hi), endpoint=True))
-            else:
-                out[key] = draw([lo, hi], rng)
-        elif kind == "int":
-            out[key] = int(value)
+            out[key] = draw(list(value), rng)
         elif kind == "float":
             out[key] = float(value)
         else:

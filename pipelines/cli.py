@@ -1,8 +1,8 @@
 """The ``octasim`` console command: one subcommand per user task.
 
-Each subcommand lives in its own module of ``pipelines`` with ``register(subparsers)`` (which adds
-its parser and sets ``func``) and keeps heavy imports (torch, monai) inside its run function so that
-``octasim --help`` stays fast.
+Each subcommand lives in its own module of this package (installed as ``octasim.cli`` from the folder
+``pipelines/``) with ``register(subparsers)`` (which adds its parser and sets ``func``) and keeps heavy
+imports (torch, monai) inside its run function so that ``octasim --help`` stays fast.
 """
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
-            module = importlib.import_module(f"pipelines.{name}")
+            module = importlib.import_module(f"{__package__}.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"pipelines.{name}":
+            if exc.name == f"{__package__}.{name}":
                 continue  # subcommand not built yet
             raise
         module.register(sub)
@@ -61,6 +61,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"octasim {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from pipelines.cli import HelpFormatter
+    from .cli import HelpFormatter
 
     p = subparsers.add_parser(
         "convert", formatter_class=HelpFormatter, help="convert 3D TIFF stacks to NIfTI (voxel size in the header)",

@@ -15,7 +15,7 @@ from octasim.models import DEFAULT_MODEL
 
 
 def register(subparsers) -> None:
-    from pipelines.cli import HelpFormatter
+    from .cli import HelpFormatter
 
     p = subparsers.add_parser("demo", formatter_class=HelpFormatter,
                               help="run generate -> train -> segment -> evaluate on the embedded default",
@@ -43,7 +43,7 @@ def _step(title: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.cli import main as octasim
+    from .cli import main as octasim
 
     out: Path = args.out
     shape = str(args.shape)
@@ -117,6 +117,6 @@ def _mean_row(path: Path) -> dict | None:
 if __name__ == "__main__":
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m octasim.cli.demo", description=__doc__)
     add_arguments(parser)
     sys.exit(run(parser.parse_args()))

@@ -47,7 +47,7 @@ examples:
 
 
 def register(subparsers) -> None:
-    from pipelines.cli import HelpFormatter
+    from .cli import HelpFormatter
 
     p = subparsers.add_parser("evaluate", help="score predicted masks against labels (Dice, clDice, topology)",
                               description=DESCRIPTION, formatter_class=HelpFormatter)
@@ -76,7 +76,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Score, print the table and write --out; errors (ValueError, OctasimError) reach ``pipelines.cli``."""
+    """Score, print the table and write --out; errors (ValueError, OctasimError) reach ``octasim.cli``."""
     from octasim.evaluate import evaluate_files, format_table, write_csv
     from octasim.scan import check_spacing
 

@@ -11,7 +11,7 @@ from octasim.errors import OctasimError
 
 def register(subparsers) -> None:
     """Add ``generate`` to the ``octasim`` parser."""
-    from pipelines.cli import HelpFormatter
+    from .cli import HelpFormatter
 
     p = subparsers.add_parser(
         "generate", formatter_class=HelpFormatter,

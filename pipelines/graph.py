@@ -32,7 +32,7 @@ ADVICE_NAMES = {"graph_voxel_size_um": "--voxel-size UM", "fov_um": "--fov-um", 
 
 def register(subparsers) -> None:
     """Add ``graph`` and its sub-commands to the ``octasim`` parser."""
-    from pipelines.cli import HelpFormatter
+    from .cli import HelpFormatter
 
     parser = subparsers.add_parser(
         "graph", formatter_class=HelpFormatter, help="make, inspect and cut vessel graphs into FOV patches",

@@ -16,7 +16,7 @@ Bundled models are trained checkpoints shipped in data/models/ (float16 weights,
 
 
 def register(subparsers) -> None:
-    from pipelines.cli import HelpFormatter
+    from .cli import HelpFormatter
 
     p = subparsers.add_parser("model", help="describe bundled models; export a checkpoint as one",
                               description=DESCRIPTION, formatter_class=HelpFormatter)

@@ -47,7 +47,7 @@ examples:
 
 
 def register(subparsers) -> None:
-    from pipelines.cli import HelpFormatter
+    from .cli import HelpFormatter
 
     p = subparsers.add_parser("segment", help="segment vessels in NIfTI / TIFF scans (U-Net, Otsu or Frangi)",
                               description=DESCRIPTION, formatter_class=HelpFormatter)

@@ -19,7 +19,7 @@ examples:
   octasim train --on-the-fly --config mixed --out runs/m8 --steps 900 --max-minutes 8   # time cap
   octasim train --data DIR --out runs/paper --config paper --device cuda
   octasim train --init octasim-multiscale-v1 --data my_labelled_scans/ --out runs/ft   # fine-tune on real labels
-  torchrun --standalone --nproc-per-node 4 -m pipelines.cli train --data DIR --out runs/ddp --config paper
+  torchrun --standalone --nproc-per-node 4 -m octasim.cli train --data DIR --out runs/ddp --config paper
 
 Fine-tuning (--init) on labelled real scans: the scans are prepared as `octasim segment` prepares them
 (percentile scaling, resampling from their header voxel size to every view of the model's image
@@ -34,7 +34,7 @@ calibrates and writes the run folder. --resume needs the same N (last.pt records
 
 
 def register(subparsers) -> None:
-    from pipelines.cli import HelpFormatter
+    from .cli import HelpFormatter
 
     p = subparsers.add_parser("train", help="train a 3D U-Net on synthetic data", description=DESCRIPTION,
                               formatter_class=HelpFormatter)

@@ -2,7 +2,7 @@ import argparse
 
 import pytest
 
-from pipelines.cli import SUBCOMMANDS, build_parser, main
+from octasim.cli.cli import SUBCOMMANDS, build_parser, main
 
 
 def _subparsers(parser: argparse.ArgumentParser, prefix=()):

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipelines.cli import main
+from octasim.cli import main
 
 
 def save(path, data, affine=None):

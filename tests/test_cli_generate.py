@@ -1,4 +1,4 @@
-"""Tests of ``octasim generate`` run in-process through pipelines.cli.main."""
+"""Tests of ``octasim generate`` run in-process through octasim.cli.main."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from octasim.graph import VesselGraph
-from pipelines.cli import main
+from octasim.cli import main
 
 SMALL = ["--shape", "32", "--voxel-size", "5", "--seed", "7"]
 
@@ -109,7 +109,7 @@ def test_help_lists_units(capsys):
 def test_depth_offset_range_is_drawn_per_sample_and_recorded(tmp_path):
     import json
 
-    from pipelines.cli import main
+    from octasim.cli import main
 
     out = tmp_path / "deep"
     assert main(["generate", "--out", str(out), "--n", "2", "--shape", "32", "--no-qc",
@@ -167,7 +167,7 @@ def test_workers_die_with_a_killed_parent(tmp_path):
             return False
 
     out = tmp_path / "ds"
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "generate", "--out", str(out), "--n", "40",
+    proc = subprocess.Popen([sys.executable, "-m", "octasim.cli", "generate", "--out", str(out), "--n", "40",
                              "--shape", "64", "--voxel-size", "4", "--workers", "2", "--no-qc"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers: list[int] = []

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from octasim.graph import VesselGraph
-from pipelines.cli import main
+from octasim.cli import main
 
 SMALL = ["--size-um", "400", "400", "400"]
 FOV = ["--fov-um", "200", "200", "200"]
@@ -109,14 +109,14 @@ def test_help_names_units_and_defaults(capsys):
 
 
 def test_cli_defaults_are_the_library_defaults():
-    """pipelines.graph copies the dataclass defaults (importing numpy / scipy would slow `--help`): same values."""
+    """octasim.cli.graph copies the dataclass defaults (importing numpy / scipy would slow `--help`): same values."""
     import inspect
 
     from octasim.extract import ExtractParams
     from octasim.generator import CortexParams, generate_cortex
-    from pipelines import graph
-    from pipelines.cli import build_parser
-    from pipelines.graph import extract_params_from_args
+    from octasim.cli import graph
+    from octasim.cli.cli import build_parser
+    from octasim.cli.graph import extract_params_from_args
 
     extract, cortex = ExtractParams(), CortexParams()
     assert graph.DEFAULT_SIZE_UM == tuple(cortex.size_um)
@@ -139,7 +139,7 @@ def test_graph_command_module_imports_no_numpy():
     import subprocess
     import sys
 
-    code = "import sys, pipelines.graph; assert 'numpy' not in sys.modules, 'numpy loaded'"
+    code = "import sys, octasim.cli.graph; assert 'numpy' not in sys.modules, 'numpy loaded'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from octasim.model import build_unet, save_checkpoint
-from pipelines.cli import main
+from octasim.cli import main
 
 TINY = {"channels": [4, 8], "strides": [2], "num_res_units": 0, "dropout": 0.0}
 

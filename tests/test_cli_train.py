@@ -6,7 +6,7 @@ import csv
 import torch
 
 from octasim.model import load_checkpoint
-from pipelines.cli import main
+from octasim.cli import main
 from tests.test_train import make_dataset
 
 

@@ -4,7 +4,7 @@ import tifffile
 
 from octasim.nifti import VolumeError, read_volume
 from octasim.tiff import read_tiff
-from pipelines.cli import main
+from octasim.cli import main
 
 
 def test_tiff_zyx_becomes_xyz_with_spacing(tmp_path):

@@ -235,7 +235,7 @@ def test_profile_is_read_once_and_never_serialized_per_volume(tmp_path, monkeypa
     profile to JSON per volume."""
     from octasim import profiles
     from octasim.synth import config as synth_config
-    from pipelines.cli import main
+    from octasim.cli import main
 
     monkeypatch.setattr(synth_config, "_PROFILES", {})
     reads, dumped = [], []

@@ -1,4 +1,4 @@
-"""Distributed training: rank-disjoint data streams (in process), and `torchrun -m pipelines.cli train` with
+"""Distributed training: rank-disjoint data streams (in process), and `torchrun -m octasim.cli train` with
 two CPU processes (gloo) end to end: one run folder, exact resume, a resume with another world size refused."""
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def torchrun(*args: str, n: int = 2) -> subprocess.CompletedProcess:
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-           "-m", "pipelines.cli", "train", "--device", "cpu", "--no-progress", *args]
+           "-m", "octasim.cli", "train", "--device", "cpu", "--no-progress", *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc

@@ -11,7 +11,7 @@ import pytest
 
 import octasim
 from octasim.errors import OctasimError
-from pipelines.cli import main
+from octasim.cli import main
 
 PACKAGE = Path(octasim.__file__).resolve().parent
 ROOT = PACKAGE.parent
@@ -66,12 +66,12 @@ def test_one_class_for_unusable_data():
 
 
 def test_cli_prints_an_octasim_error_without_traceback(monkeypatch, capsys):
-    import pipelines.graph
+    import octasim.cli.graph
 
     def fail(args):
         raise OctasimError(f"{args.graph}: the problem")
 
-    monkeypatch.setattr(pipelines.graph, "run_info", fail)
+    monkeypatch.setattr(octasim.cli.graph, "run_info", fail)
     assert main(["graph", "info", "some.npz"]) == 2
     err = capsys.readouterr().err
     assert err == "octasim graph: error: some.npz: the problem\n"
@@ -82,7 +82,7 @@ def test_cli_prints_an_octasim_error_without_traceback(monkeypatch, capsys):
 def test_cli_process_exit_code_and_message_for_a_corrupt_file(tmp_path):
     bad = tmp_path / "broken.npz"
     bad.write_bytes(b"PK\x03\x04 not an archive")
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "graph", "info", str(bad)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "octasim.cli", "graph", "info", str(bad)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("octasim graph: error: ") and "broken.npz" in proc.stderr

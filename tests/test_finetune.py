@@ -111,7 +111,7 @@ def test_finetune_on_scans_validates_on_real_data_and_mixes_synthetic_volumes(tm
 
 
 def test_cli_finetune_takes_the_starting_models_config(tmp_path, capsys):
-    from pipelines.cli import main
+    from octasim.cli import main
 
     start = _starting_model(tmp_path)
     scans = tmp_path / "scans"

@@ -13,7 +13,7 @@ from distributed import WorkerPlugin
 
 from octasim.synth import (SHARDS_DIR, MissingSamplesError, SynthConfig, finalize_dataset,
                              generate_dataset)
-from pipelines.cli import main
+from octasim.cli import main
 
 # the cheapest settings of tests/test_cli_generate.py, smaller still: 4 samples of 24^3 voxels
 N = 4

@@ -92,7 +92,7 @@ def test_the_bundled_model_fills_a_wide_vessel():
 def test_segment_without_model_uses_the_bundled_one_and_says_so(tmp_path, capsys):
     import nibabel as nib
 
-    from pipelines.cli import main
+    from octasim.cli import main
 
     rng = np.random.default_rng(0)
     image = (rng.random((32, 32, 16)) * 0.1).astype(np.float32)
@@ -107,7 +107,7 @@ def test_segment_without_model_uses_the_bundled_one_and_says_so(tmp_path, capsys
 
 
 def test_model_info_lists_the_bundled_models(capsys):
-    from pipelines.cli import main
+    from octasim.cli import main
 
     assert main(["model", "info"]) == 0
     out = capsys.readouterr().out
@@ -115,7 +115,7 @@ def test_model_info_lists_the_bundled_models(capsys):
 
 
 def test_model_export_cli(training_checkpoint, tmp_path, capsys):
-    from pipelines.cli import main
+    from octasim.cli import main
 
     src, _ = training_checkpoint
     assert main(["model", "export", str(src), "--out", str(tmp_path / "x.pt"), "--command", "octasim train x"]) == 0

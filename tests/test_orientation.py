@@ -11,7 +11,7 @@ import pytest
 
 from octasim.nifti import (affine_for_spacing, affine_um, grid_differences, legacy_affines_um,
                            octasim_convention_change, read_volume, write_volume)
-from pipelines.cli import main
+from octasim.cli import main
 
 
 def old_affine_mm(spacing_um, corner: bool = True) -> np.ndarray:

@@ -24,7 +24,7 @@ def test_parse_bounds_draw():
 def test_lo_above_hi_is_the_same_error_everywhere(tmp_path, capsys):
     from octasim.profiles import ProfileError, load_profile
     from octasim.synth import SynthConfig
-    from pipelines.cli import main
+    from octasim.cli import main
 
     with pytest.raises(ProfileError, match=r"'len_tail': range \[2.0, 1.0\] " + LO_GT_HI):
         load_profile({"len_tail": [2.0, 1.0]})

@@ -1,7 +1,7 @@
 """Artifact simulator: voxel maps + sampled profile parameters -> synthetic OCTA / two-photon image.
 
 Stages, in order (each on only when its switch is true; the ``paper`` profile turns on exactly the
-reference model of DESIGN.md):
+reference model, docs/design.md "Signal model"):
 
  1. signal       OCTA vessel signal (angle loss, radius; ``modality: octa``) or two-photon
                  lumen signal (``modality: two-photon``)

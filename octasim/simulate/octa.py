@@ -1,4 +1,4 @@
-"""OCTA vessel signal and projection tails (DESIGN.md "Artifact model", reference defaults).
+"""OCTA vessel signal and projection tails (docs/design.md, "Signal model"; reference defaults).
 
 Vessel voxel value ``vessel_gain * s`` with ``s = w * I_ang + (1 - w) * r_hat``,
 ``r_hat = clip(radius / r_norm_um, 0, 1)``, ``I_ang = angle_loss_floor ** (1 - a)`` (= 0.1 * 10**a for
