@@ -9,6 +9,7 @@ aligned with the image; intensity transforms touch the image only.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -98,6 +99,16 @@ def lateral_rotation(range_deg: float, prob: float, label_mode: str = "nearest")
                        mode=("bilinear", label_mode), padding_mode=("border", "zeros"), dtype=np.float32)
 
 
+class QuietHistogramShiftd(RandHistogramShiftd):
+    """MONAI's random histogram shift without its warning for a constant image: a patch that falls in
+    the zero padding of a shallow stack or a coarse view has nothing to shift, which is no news."""
+
+    def __call__(self, data, *args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The image's intensity is a single value")
+            return super().__call__(data, *args, **kwargs)
+
+
 def build_augmentation(cfg: TrainConfig, include_crop: bool = False, seed: int | None = None) -> Compose:
     """The reference augmentation for ``cfg`` (crop_size -> patch_size); seeded when ``seed`` is given.
 
@@ -122,7 +133,7 @@ def build_augmentation(cfg: TrainConfig, include_crop: bool = False, seed: int |
         RandGaussianSmoothd(keys="image", prob=a.smooth_prob, sigma_x=tuple(a.smooth_sigma),
                             sigma_y=tuple(a.smooth_sigma), sigma_z=tuple(a.smooth_sigma)),
         RandGaussianNoised(keys="image", prob=a.noise_prob, mean=0.0, std=float(a.noise_std)),
-        RandHistogramShiftd(keys="image", prob=a.histogram_shift_prob,
+        QuietHistogramShiftd(keys="image", prob=a.histogram_shift_prob,
                             num_control_points=tuple(int(v) for v in a.histogram_control_points)),
         ClipLabeld(),
     ]
