@@ -145,3 +145,26 @@ def test_few_scans_each_give_a_block_to_validation(tmp_path):
     assert len(train_vols) == 2 * 2  # both scans train, at both views
     assert [v[0].shape for v in val_vols] == [(10, 36, 10)] * 2 and all(np.allclose(v[2], SCAN_SPACING) for v in val_vols)
     assert train_vols[0][0].shape == (15, 18, 20)  # the remaining 30 x 36 x 10 voxels at 2 um
+
+
+def test_labels_need_no_calibration_and_bad_scans_are_named(tmp_path):
+    from octasim.tiff import write_tiff
+    from octasim.train.data import read_scan_pair
+
+    image, label = tube_volume(24, 3)
+    folder = tmp_path / "tif"
+    folder.mkdir()
+    write_tiff(folder / "a.tif", (image * 200).astype(np.uint8), SCAN_SPACING)
+    import tifffile
+    tifffile.imwrite(folder / "a_label.tif", np.transpose(label, (2, 1, 0)))  # Fiji label: no calibration
+    got_image, got_label, spacing = read_scan_pair(find_labelled_scans(folder)[0])
+    np.testing.assert_array_equal(got_label, label)
+    assert np.allclose(spacing, SCAN_SPACING)
+
+    write_scan(tmp_path / "flat", "z", 0)
+    write_volume(tmp_path / "flat" / "z.nii.gz", np.zeros((40, 36, 10), np.uint16), spacing_um=SCAN_SPACING)
+    with pytest.raises(DataError, match=r"z\.nii\.gz: every voxel is 0"):
+        read_scan_pair(find_labelled_scans(tmp_path / "flat")[0])
+    write_volume(tmp_path / "flat" / "z_label.nii.gz", np.zeros((8, 8, 8), np.uint8), spacing_um=SCAN_SPACING)
+    with pytest.raises(DataError, match="differs from its image"):
+        read_scan_pair(find_labelled_scans(tmp_path / "flat")[0])

@@ -188,14 +188,19 @@ def load_volumes(refs: Sequence[SampleRef], progress: bool = False, cfg: TrainCo
 
 
 def read_scan_pair(ref: SampleRef) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """A labelled real scan as stored: (image float32, label uint8 {0, 1}, voxel size in um along i, j, k);
-    the label must have the image's shape."""
+    """A labelled real scan as stored: (image float32, label uint8 {0, 1}, voxel size in um along i, j, k).
+
+    The voxel size is the image's; the label lies on the image's grid (same shape), so it needs no
+    calibration of its own (label TIFFs drawn in Fiji often have none). A constant image (nothing to
+    learn from, and no percentiles to scale by) is refused, naming the file."""
     from octasim.scan import read_scan
 
     image = read_scan(ref.image)
-    label = read_scan(ref.label)
+    label = read_scan(ref.label, voxel_size_um=image.spacing_um)
     if image.data.shape != label.data.shape:
         raise DataError(f"{ref.label}: shape {label.data.shape} differs from its image {ref.image} {image.data.shape}")
+    if float(image.data.max()) <= float(image.data.min()):
+        raise DataError(f"{ref.image}: every voxel is {float(image.data.min()):g}; a labelled scan needs an image")
     return image.data.astype(np.float32, copy=False), (label.data > 0).astype(np.uint8), image.spacing_um
 
 
