@@ -19,7 +19,7 @@ from octasim.paths import DATA_DIR
 
 MODELS_DIR = DATA_DIR / "models"
 #: the model ``octasim segment`` uses when no ``--model`` is given
-DEFAULT_MODEL = "octasim-multiscale-v1"
+DEFAULT_MODEL = "octasim-multiscale-v2"
 #: fewer optimizer steps than this: a checkpoint without a model card is reported as trained only briefly
 BRIEF_TRAINING_STEPS = 2000
 #: checkpoint keys a bundled model keeps (everything inference and its report need)

@@ -66,6 +66,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "surface_roughness_um": ("float", "um"),
     "attenuation": ("bool", "-"),
     "attenuation_length_um": ("float", "um"),
+    "blood_shadow": ("bool", "-"),
+    "blood_attenuation_length_um": ("float", "um"),
     "speckle": ("bool", "-"),
     "speckle_looks": ("float", "-"),
     "speckle_sigma_vox": ("float", "voxel"),

@@ -18,7 +18,7 @@ examples:
   octasim train --on-the-fly --config mixed --out runs/unet_mixed      # random profiles per volume
   octasim train --on-the-fly --config mixed --out runs/m8 --steps 900 --max-minutes 8   # time cap
   octasim train --data DIR --out runs/paper --config paper --device cuda
-  octasim train --init octasim-multiscale-v1 --data my_labelled_scans/ --out runs/ft   # fine-tune on real labels
+  octasim train --init octasim-multiscale-v2 --data my_labelled_scans/ --out runs/ft   # fine-tune on real labels
   torchrun --standalone --nproc-per-node 4 -m octasim.cli train --data DIR --out runs/ddp --config paper
 
 Fine-tuning (--init) on labelled real scans: the scans are prepared as `octasim segment` prepares them

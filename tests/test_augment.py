@@ -146,3 +146,54 @@ def test_depth_slab_is_part_of_the_pipeline_when_asked_for():
     out = build_augmentation(cfg, seed=0)({"image": image, "label": label})
     dark_planes = (out["image"] == 0).all(dim=(0, 1, 2))
     assert dark_planes.any() and not dark_planes.all()
+
+
+def test_gain_scales_the_image_only_and_is_off_unless_asked_for():
+    """augment.gain_*: the image is multiplied by a gain drawn in gain_range (label untouched); the
+    recipes without it build no gain transform, so their data streams do not change."""
+    from octasim.train.augment import intensity_gain
+
+    assert intensity_gain(CFG.augment) == []
+    plain = {"rotate_prob": 0.0, "zoom_prob": 0.0, "flip_prob": 0.0, "smooth_prob": 0.0, "noise_prob": 0.0,
+             "histogram_shift_prob": 0.0}
+    halve = config_from_dict({"patch_size": 16, "crop_size": 16, "augment": {
+        **plain, "gain_prob": 1.0, "gain_range": [0.5, 0.5]}})
+    image, label = depth_volume(16)
+    out = build_augmentation(halve, seed=0)({"image": image, "label": label})
+    np.testing.assert_allclose(out["image"].numpy(), image * 0.5, atol=1e-6)
+    np.testing.assert_array_equal(out["label"].numpy(), label.astype(np.float32))
+    drawn = config_from_dict({"patch_size": 16, "crop_size": 16, "augment": {
+        **plain, "gain_prob": 1.0, "gain_range": [0.25, 1.25]}})
+    t = build_augmentation(drawn, seed=1)
+    ratios = [float(t({"image": image, "label": label})["image"].mean() / image.mean()) for _ in range(30)]
+    assert 0.2 < min(ratios) < 0.5 and max(ratios) > 0.9                      # dim and bright patches
+    assert max(ratios) <= 1.25 + 1e-6
+
+
+def test_bias_field_is_smooth_and_positive():
+    """augment.bias_field_*: a smooth positive gain field: neighbouring voxels change by a few % at
+    most, while the patch as a whole spans a wide range of gains."""
+    cfg = config_from_dict({"patch_size": 32, "crop_size": 32, "augment": {
+        "rotate_prob": 0.0, "zoom_prob": 0.0, "flip_prob": 0.0, "smooth_prob": 0.0, "noise_prob": 0.0,
+        "histogram_shift_prob": 0.0, "bias_field_prob": 1.0, "bias_field_coeff": 0.25}})
+    image = np.full((1, 32, 32, 32), 0.4, np.float32)
+    label = np.zeros((1, 32, 32, 32), np.uint8)
+    t = build_augmentation(cfg, seed=0)
+    spans = []
+    for _ in range(10):
+        gain = t({"image": image, "label": label})["image"].numpy()[0] / 0.4
+        assert gain.min() > 0
+        for axis in range(3):
+            step = np.abs(np.diff(np.log(np.clip(gain, 1e-6, 2.5)), axis=axis))
+            assert step.max() < 0.25, axis
+        spans.append(gain.max() / gain.min())
+    assert max(spans) > 1.5
+
+
+def test_gain_range_must_be_positive():
+    import pytest
+
+    bad = config_from_dict({"patch_size": 16, "crop_size": 23, "augment": {"gain_prob": 1.0,
+                                                                            "gain_range": [0.0, 1.0]}})
+    with pytest.raises(ValueError, match="gain_range"):
+        build_augmentation(bad)

@@ -40,6 +40,10 @@ def test_pyramid_views_cover_the_widest_vessels_within_the_trained_range():
     # never coarser than the model was trained on: a single-scale model gets one view
     assert pyramid_voxel_sizes(ModelGrid(2.0, (64,) * 3, max_voxel_size_um=2.0)) == [2.0]
     assert pyramid_voxel_sizes(ModelGrid(1.0, (64,) * 3, max_voxel_size_um=3.0)) == [1.0, 2.0]
+    # the widest vessel sets the coarsest view: 30 um -> the 2 um window (128 um) spans four of them
+    grid = ModelGrid(2.0, (64,) * 3, max_voxel_size_um=8.0)
+    assert pyramid_voxel_sizes(grid, 30.0) == [2.0]
+    assert pyramid_voxel_sizes(grid, 64.0) == [2.0, 4.0]
 
 
 def test_trained_voxel_range_from_checkpoints_old_and_new():
@@ -99,12 +103,15 @@ def test_coarse_view_fills_wide_vessels_but_does_not_widen_thin_ones():
 
 
 def test_wide_part_keeps_wide_regions_whole_and_drops_thin_ones():
-    p = np.zeros((12, 12, 12), np.float32)
-    p[1:6, 1:6, 1:6] = 1.0      # 5 voxels wide: kept, not shrunk
-    p[8, :, 3] = 1.0            # one voxel wide: removed
-    p[:, 9:11, 9:11] = 0.7      # two voxels wide: removed
+    p = np.zeros((16, 16, 12), np.float32)
+    p[1:6, 1:6, 1:6] = 1.0      # 5 voxels wide laterally: kept, not shrunk
+    p[1:7, 8:14, 9] = 0.9       # 6 x 6 laterally, one slice deep (a shallow stack at a coarse view): kept
+    p[10, :, 3] = 1.0           # one voxel wide: removed
+    p[:, 14:16, 0:4] = 0.7      # two voxels wide: removed
+    p[11:15, 1:7, 6:9] = 0.8    # four voxels wide: removed
     w = wide_part(p)
-    assert w[1:6, 1:6, 1:6].min() == 1.0 and w.sum() == 125
+    assert w[1:6, 1:6, 1:6].min() == 1.0 and w[1:7, 8:14, 9].min() == pytest.approx(0.9)
+    assert w.sum() == pytest.approx(125 + 36 * 0.9)
 
 
 def test_bad_fusion_and_views_are_errors():

@@ -133,13 +133,13 @@ def test_angle_loss_and_correction():
 
 
 SWITCHES = ["angle_loss", "tails", "granular_noise", "smoothing", "background", "surface_layer", "attenuation",
-            "speckle", "motion", "anisotropic_blur", "gamma", "acquisition", "leakage", "detector_noise"]
+            "blood_shadow", "speckle", "motion", "anisotropic_blur", "gamma", "acquisition", "leakage", "detector_noise"]
 
 
 def _everything(**changes) -> dict:
     p = params("octa", seed=3, motion=True, surface_layer=True, acquisition=True, leakage=True,
                leakage_strength=0.3, detector_noise=True, angle_correction=False,
-               motion_shift_prob=0.3, motion_stripe_prob=0.3, granular_noise_std=0.5)
+               motion_shift_prob=0.3, motion_stripe_prob=0.3, granular_noise_std=0.5, blood_shadow=True)
     p.update(changes)
     return p
 
@@ -214,6 +214,30 @@ def test_two_photon_has_no_tails_and_bright_lumen():
     p = params(granular_noise=False)
     img = simulate(maps, p, np.random.default_rng(0))
     assert img[:, 16:24, 35:].mean() > 0.1
+
+
+def test_blood_shadow_dims_lumens_with_depth_and_the_tissue_below_them():
+    """blood_shadow: the signal at a voxel is multiplied by exp(-b / L), b the um of blood above it
+    (half its own voxel counted): the lumen dims downwards, tissue below the tube lies in its shadow,
+    tissue beside it and above it is untouched."""
+    from octasim.simulate import tissue
+
+    shape, vs, length = (8, 40, 60), 2.0, 30.0
+    maps = tube_maps(shape, vs, 16.0, (40.0, 40.0))          # horizontal tube, depth 24-56 um
+    p = params("two-photon", blood_attenuation_length_um=length)
+    img = tissue.blood_shadow(np.ones(shape, np.float32), maps, vs, p)
+    occ = maps.label.astype(np.float32)
+    blood_um = (np.cumsum(occ, axis=2) - 0.5 * occ) * vs
+    np.testing.assert_allclose(img, np.exp(-blood_um / length), rtol=1e-5)
+    column = img[4, 20]                                      # through the tube's axis
+    inside = np.flatnonzero(maps.label[4, 20])
+    assert np.all(np.diff(column[inside]) < 0)                 # dims with depth inside the lumen
+    assert column[inside[-1] + 2] == pytest.approx(np.exp(-32.0 / length), rel=1e-5)  # shadow below
+    assert np.all(img[4, 0] == 1.0) and np.all(column[:inside[0]] == 1.0)  # beside and above: unchanged
+    # in the two-photon profile it is on, the drawn lengths within the documented range
+    drawn = [params("two-photon", seed=s)["blood_attenuation_length_um"] for s in range(5)]
+    assert params("two-photon")["blood_shadow"] is True and all(20.0 <= v <= 120.0 for v in drawn)
+    assert params("octa")["blood_shadow"] is False and params("paper")["blood_shadow"] is False
 
 
 def test_two_photon_uses_occupancy_and_dims_capillaries():

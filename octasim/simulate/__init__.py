@@ -9,7 +9,7 @@ reference model, docs/design.md "Signal model"):
  3. leakage      dye-leakage haze around vessels
  4. background   textured tissue signal / autofluorescence
  5. surface_layer  bright textured layer at the top
- 6. attenuation  exp(-depth / attenuation_length_um)
+ 6. attenuation  exp(-depth / attenuation_length_um); blood_shadow: exp(-blood above / length)
  7. speckle      multiplicative gamma speckle
  8. motion       B-scan shifts and bright/dark stripes
  9. granular_noise  additive Gaussian noise
@@ -79,6 +79,8 @@ def simulate(maps: VoxelMaps, params: dict, rng: np.random.Generator) -> np.ndar
         img = tissue.surface_layer(img, vs, p, streams["surface_layer"], maps.depth_origin_um)
     if p["attenuation"]:
         img = tissue.attenuation(img, vs, p, maps.depth_origin_um)
+    if p["blood_shadow"]:
+        img = tissue.blood_shadow(img, maps, vs, p)
     if p["speckle"]:
         img = tissue.speckle(img, p, streams["speckle"])
     if p["motion"]:

@@ -51,6 +51,26 @@ def attenuation(img: np.ndarray, vs: float, p: dict, depth_origin_um: float = 0.
     return img
 
 
+def blood_shadow(img: np.ndarray, maps: VoxelMaps, vs: float, p: dict) -> np.ndarray:
+    """Multiply by ``exp(-b / blood_attenuation_length_um)``, ``b`` the length of blood (um) the
+    excitation crosses above the voxel centre in this volume (lumen occupancy summed along depth k,
+    half of the voxel's own).
+
+    Two-photon excitation is scattered and absorbed by blood far more than by tissue, so the lower
+    part of a wide lumen is dimmer than its top and the tissue below it lies in its shadow (on the
+    shared surface stack the 50-100 um lumens fall about threefold in brightness over 30 um of
+    depth). Without it every rendered lumen is equally bright at every depth, and a network that
+    also learns OCTA takes the dimming part of a real lumen for a projection tail below a vessel.
+    """
+    occ = np.asarray(maps.occupancy if maps.occupancy is not None else (np.asarray(maps.label) != 0),
+                     dtype=np.float32)
+    blood = np.cumsum(occ, axis=2, dtype=np.float32)
+    blood -= 0.5 * occ
+    blood *= np.float32(-vs / float(p["blood_attenuation_length_um"]))
+    img *= np.exp(blood, out=blood)
+    return img
+
+
 def speckle(img: np.ndarray, p: dict, rng: np.random.Generator) -> np.ndarray:
     """Multiply by gamma-distributed speckle of mean 1 and variance ``1 / speckle_looks``, smoothed
     with a Gaussian of ``speckle_sigma_vox`` voxels (speckle grain)."""

@@ -13,9 +13,9 @@ import warnings
 
 import numpy as np
 import torch
-from monai.transforms import (CenterSpatialCropd, Compose, EnsureTyped, MapTransform, RandFlipd,
+from monai.transforms import (CenterSpatialCropd, Compose, EnsureTyped, MapTransform, RandBiasFieldd, RandFlipd,
                               RandGaussianNoised, RandGaussianSmoothd, RandHistogramShiftd, Randomizable,
-                              RandRotated, RandSpatialCropd, RandZoomd, SpatialPadd)
+                              RandRotated, RandScaleIntensityd, RandSpatialCropd, RandZoomd, SpatialPadd)
 
 from octasim.train.config import AugmentConfig, TrainConfig
 
@@ -109,6 +109,34 @@ class QuietHistogramShiftd(RandHistogramShiftd):
             return super().__call__(data, *args, **kwargs)
 
 
+def intensity_gain(a: AugmentConfig) -> list:
+    """Gain transforms of the image (none when both probabilities are 0): a smooth random gain field,
+    then one random gain for the whole patch; the image is clipped to [0, 1] afterwards.
+
+    Why: a scan is scaled by its own percentiles (``octasim.inference``), so where its vessels land on
+    that scale depends on what else is bright in it. In a rendered volume the widest vessels are the
+    brightest structure and end near 1; in real stacks they need not be: the brightness of a surface
+    stack changes about threefold over 50 um of depth (focus, laser power, the vessel's own shape)
+    and across the field of view (vignetting), and the upper percentile falls on the brightest slice.
+    On the shared surface stack the lumen of the 50-100 um vessels lies at 0.2-0.4 of the scale
+    (tissue 0.05); a model trained without gain labels only its walls. A network that sees vessels at
+    a quarter of full scale as often as at full scale must tell them by their contrast to the tissue
+    around them, which is what survives any scaling. The field is MONAI's ``RandBiasField`` (exp of a
+    degree-3 Legendre polynomial; about 0.6-1.6x over a patch at coefficient 0.3); the gain is
+    ``RandScaleIntensity`` (x * g, g uniform in ``gain_range``).
+    """
+    steps = []
+    if a.bias_field_prob > 0:
+        c = float(a.bias_field_coeff)
+        steps.append(RandBiasFieldd(keys="image", prob=a.bias_field_prob, degree=3, coeff_range=(-c, c)))
+    if a.gain_prob > 0:
+        lo, hi = (float(v) for v in a.gain_range)
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"augment.gain_range must be 0 < low <= high, got {a.gain_range}")
+        steps.append(RandScaleIntensityd(keys="image", prob=a.gain_prob, factors=(lo - 1.0, hi - 1.0)))
+    return steps
+
+
 def build_augmentation(cfg: TrainConfig, include_crop: bool = False, seed: int | None = None) -> Compose:
     """The reference augmentation for ``cfg`` (crop_size -> patch_size); seeded when ``seed`` is given.
 
@@ -135,8 +163,9 @@ def build_augmentation(cfg: TrainConfig, include_crop: bool = False, seed: int |
         RandGaussianNoised(keys="image", prob=a.noise_prob, mean=0.0, std=float(a.noise_std)),
         QuietHistogramShiftd(keys="image", prob=a.histogram_shift_prob,
                             num_control_points=tuple(int(v) for v in a.histogram_control_points)),
-        ClipLabeld(),
     ]
+    steps += intensity_gain(a)
+    steps += [ClipLabeld()]
     if a.depth_slab_prob > 0:
         steps.append(RandDepthSlabd(a.depth_slab_prob, a.depth_slab_min_voxels, a.depth_slab_log_thickness))
     # Lazy resampling (MONAI): rotation, zoom, flips and the crop are fused into one resample that

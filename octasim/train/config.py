@@ -18,7 +18,7 @@ from octasim.paths import DATA_DIR
 from octasim.typed import convert, from_mapping
 
 #: Names accepted by ``--config`` besides a YAML path.
-BUILTIN_CONFIGS = ("default", "paper", "mixed", "multiscale", "multiscale-surface", "finetune")
+BUILTIN_CONFIGS = ("default", "paper", "mixed", "multiscale", "multiscale-v2", "multiscale-surface", "finetune")
 LOSSES = ("dice", "cldice", "dice_cldice", "dice_bce")
 
 
@@ -77,6 +77,11 @@ class AugmentConfig:
     depth_slab_prob: float = 0.0         #: keep a random depth slab, 0 above and below (shallow stacks)
     depth_slab_min_voxels: int = 4       #: thinnest slab kept, voxels
     depth_slab_log_thickness: bool = False  #: draw the slab thickness log-uniformly (thin slabs more often)
+    gain_prob: float = 0.0               #: multiply the patch by a random gain (brightness of the scan's vessels
+                                         #: relative to its percentile scale varies between scans)
+    gain_range: list[float] = field(default_factory=lambda: [0.25, 1.25])  #: gain drawn uniformly, -
+    bias_field_prob: float = 0.0         #: multiply the patch by a smooth random gain field (vignetting, depth)
+    bias_field_coeff: float = 0.3        #: Legendre coefficients of the field's log, uniform in +-this, -
 
 
 @dataclass
