@@ -40,10 +40,11 @@ def test_pyramid_views_cover_the_widest_vessels_within_the_trained_range():
     # never coarser than the model was trained on: a single-scale model gets one view
     assert pyramid_voxel_sizes(ModelGrid(2.0, (64,) * 3, max_voxel_size_um=2.0)) == [2.0]
     assert pyramid_voxel_sizes(ModelGrid(1.0, (64,) * 3, max_voxel_size_um=3.0)) == [1.0, 2.0]
-    # the widest vessel sets the coarsest view: 30 um -> the 2 um window (128 um) spans four of them
+    # a view whose window the scan fills less than half of is not used (it would see mostly padding)
     grid = ModelGrid(2.0, (64,) * 3, max_voxel_size_um=8.0)
-    assert pyramid_voxel_sizes(grid, 30.0) == [2.0]
-    assert pyramid_voxel_sizes(grid, 64.0) == [2.0, 4.0]
+    assert pyramid_voxel_sizes(grid, extent_um=100.0) == [2.0]        # 4 um window: 256 um
+    assert pyramid_voxel_sizes(grid, extent_um=192.0) == [2.0, 4.0]   # 8 um window: 512 um
+    assert pyramid_voxel_sizes(grid, extent_um=509.0) == [2.0, 4.0, 8.0]
 
 
 def test_trained_voxel_range_from_checkpoints_old_and_new():

@@ -79,9 +79,9 @@ def test_the_bundled_model_fills_a_wide_vessel():
     views blur the wall by a voxel of theirs, a rim of a few um around a vessel 80 um wide."""
     from octasim.segment import segment_volume
 
-    shape, r = (160, 160, 100), 40.0
+    shape, r = (256, 96, 100), 40.0
     i, _, k = np.meshgrid(*(np.arange(n) + 0.5 for n in shape), indexing="ij")
-    vessel = (i - 80) ** 2 + (k - 50) ** 2 <= r ** 2
+    vessel = (i - 128) ** 2 + (k - 50) ** 2 <= r ** 2
     rng = np.random.default_rng(0)
     image = (0.05 + 0.6 * vessel + rng.normal(0, 0.03, shape)).astype(np.float32)
     state = load_checkpoint(bundled_model_path())
