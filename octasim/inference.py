@@ -111,6 +111,14 @@ def pyramid_voxel_sizes(grid: ModelGrid, max_vessel_diameter_um: float = MAX_VES
     return sizes
 
 
+def scan_view_sizes(grid: ModelGrid, shape_depth_last: Sequence[int], spacing_um: Sequence[float]) -> list[float]:
+    """The views (um) :func:`predict_probability` uses for a scan of this shape (i, j, k with depth k)
+    and voxel size (um): the pyramid, limited by the scan's lateral extent. Fine-tuning prepares real
+    scans at the same views."""
+    extent_um = max(n * float(s) for n, s in zip(shape_depth_last[:2], spacing_um[:2]))
+    return pyramid_voxel_sizes(grid, extent_um=extent_um)
+
+
 def _window_predictor(model, tta: bool, device):
     """Window batch (N, 1, i, j, k) -> vessel probability, float32; TTA averages lateral flips."""
     import torch
@@ -178,8 +186,7 @@ def predict_probability(model, volume: np.ndarray, spacing_um: Sequence[float], 
         raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
     image = normalize_percentiles(volume, grid.clip_percentiles)
     image, spacing = to_depth_last(image, spacing_um, depth_axis)
-    extent_um = max(n * float(s) for n, s in zip(image.shape[:2], spacing[:2]))
-    views = list(pyramid_voxel_sizes(grid, extent_um=extent_um) if views_um is None else views_um)
+    views = list(scan_view_sizes(grid, image.shape, spacing) if views_um is None else views_um)
     if not views or any(not np.isfinite(v) or v <= 0 for v in views):
         raise ValueError(f"view voxel sizes must be positive numbers (um), got {views_um}")
     fused = None

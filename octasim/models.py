@@ -105,7 +105,8 @@ def model_summary(state: dict[str, Any], label: str) -> str:
         source = "the training config's"
     lines = [f"model {card.get('name', label)} ({label}): trained {steps:,} steps{stages} in {minutes:.0f} min"
              f"{' on the fly' if state.get('on_the_fly') else ''}; grid {grid.voxel_size_um:g} um, "
-             f"window {grid.patch_size[0]} voxels; views at {views} um; threshold "
+             f"window {grid.patch_size[0]} voxels; views at {views} um (coarser ones for scans at least half "
+             f"their window wide); threshold "
              f"{float(state.get('threshold', 0.5)):.2f} ({source})"]
     if steps < BRIEF_TRAINING_STEPS and not card:  # a bundled model's card documents its evaluation
         lines.append(f"warning: this model trained only {steps:,} steps (fewer than {BRIEF_TRAINING_STEPS:,}); "

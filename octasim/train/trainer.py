@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from octasim.errors import OctasimError
-from octasim.inference import DEFAULT_VOXEL_SIZE_UM, ModelGrid, pyramid_voxel_sizes, trained_voxel_range
+from octasim.inference import DEFAULT_VOXEL_SIZE_UM, ModelGrid, scan_view_sizes, trained_voxel_range
 from octasim.model import load_checkpoint, resolve_device, save_checkpoint
 from octasim.train.augment import seed_for
 from octasim.train.config import TrainConfig, config_from_dict
@@ -170,19 +170,20 @@ def _training_data(info, cfg: TrainConfig, grid: ModelGrid, progress: bool) -> t
     val_volumes = load_volumes(val_refs, progress)
     if not scans:
         return train_volumes, val_volumes
-    views = pyramid_voxel_sizes(grid)
     clip = grid.clip_percentiles
     if len(scans) < MIN_SCANS_FOR_WHOLE_HOLD_OUT:
         val_volumes = []
         for ref in scans:
             image, label, spacing = read_scan_pair(ref)
             (train_img, train_lab), (val_img, val_lab) = hold_out_block(image, label)
+            views = scan_view_sizes(grid, image.shape, spacing)  # as segment views the whole scan
             train_volumes += scan_views(train_img, train_lab, spacing, views, clip)
             val_volumes.append((val_img, val_lab, spacing))
         return train_volumes, val_volumes
     fit, held = split_samples(scans, cfg)
     for ref in fit:
-        train_volumes += scan_views(*read_scan_pair(ref), views, clip)
+        image, label, spacing = read_scan_pair(ref)
+        train_volumes += scan_views(image, label, spacing, scan_view_sizes(grid, image.shape, spacing), clip)
     return train_volumes, [read_scan_pair(ref) for ref in held]
 
 
