@@ -4,7 +4,7 @@ Each labelled real stack of ``../shared/data/two_photon_sample`` (see ``bench_re
 two lateral halves along its first axis (i). For each direction (train on one half, test on the other):
 
 - **zero-shot**: the bundled model as shipped (its threshold, image pyramid);
-- **fine-tuned**: ``octasim train --init octasim-multiscale-v1 --data HALF/`` with the shipped ``finetune``
+- **fine-tuned**: ``octasim train --init <the bundled model> --data HALF/`` with the shipped ``finetune``
   config (lr 1e-4, a quarter of the patches synthetic, threshold calibrated on the held-out quarter of
   the training half);
 - **scratch**: the same network from random weights, trained on the same half for the same wall-clock

@@ -19,7 +19,7 @@ from octasim.paths import DATA_DIR
 
 MODELS_DIR = DATA_DIR / "models"
 #: the model ``octasim segment`` uses when no ``--model`` is given
-DEFAULT_MODEL = "octasim-multiscale-v2"
+DEFAULT_MODEL = "octasim-multiscale-v3"
 #: fewer optimizer steps than this: a checkpoint without a model card is reported as trained only briefly
 BRIEF_TRAINING_STEPS = 2000
 #: checkpoint keys a bundled model keeps (everything inference and its report need)
@@ -98,6 +98,8 @@ def model_summary(state: dict[str, Any], label: str) -> str:
     stages = " in two stages (fine-tuned)" if state.get("init_from") else ""
     grid = ModelGrid.from_checkpoint(state)
     views = ", ".join(f"{v:g}" for v in pyramid_voxel_sizes(grid))
+    scaled = (", each scaled by its own maximum" if (state.get("model_config") or {}).get("input_scale") == "window"
+              else "")
     cal = state.get("threshold_calibration") or {}
     if cal.get("applied"):
         source = f"calibrated on {cal.get('n_volumes', '?')} synthetic validation volumes"
@@ -105,7 +107,7 @@ def model_summary(state: dict[str, Any], label: str) -> str:
         source = "the training config's"
     lines = [f"model {card.get('name', label)} ({label}): trained {steps:,} steps{stages} in {minutes:.0f} min"
              f"{' on the fly' if state.get('on_the_fly') else ''}; grid {grid.voxel_size_um:g} um, "
-             f"window {grid.patch_size[0]} voxels; views at {views} um (coarser ones for scans at least half "
+             f"window {grid.patch_size[0]} voxels{scaled}; views at {views} um (coarser ones for scans at least half "
              f"their window wide); threshold "
              f"{float(state.get('threshold', 0.5)):.2f} ({source})"]
     if steps < BRIEF_TRAINING_STEPS and not card:  # a bundled model's card documents its evaluation

@@ -110,9 +110,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"threshold {cal['chosen']:.2f} (calibrated on {cal['n_volumes']} validation volume(s): "
               f"Dice {cal['dice_at_chosen']:.4f}, at 0.5 {cal['dice_at_0.5']:.4f}); stored in best.pt")
     elif cal:
-        print(f"threshold {m['threshold']:.2f} kept (apply_calibrated_threshold: false); the synthetic "
-              f"validation optimum was {cal['chosen']:.2f} (Dice {cal['dice_at_chosen']:.4f}, at 0.5 "
-              f"{cal['dice_at_0.5']:.4f}), recorded in best.pt")
+        print(f"threshold {m['threshold']:.2f} kept (apply_calibrated_threshold: false); calibrated on "
+              f"{cal['n_volumes']} validation volume(s), the optimum was {cal['chosen']:.2f} (Dice "
+              f"{cal['dice_at_chosen']:.4f}, at 0.5 {cal['dice_at_0.5']:.4f}), recorded in best.pt; "
+              f"segment --threshold {cal['chosen']:.2f} uses it")
     else:
         print(f"threshold {m['threshold']:.2f} (not calibrated)")
     print(f"model: {m['best']}  (resume from {m['last']}; curves in {Path(m['out_dir']) / 'curves.png'})")

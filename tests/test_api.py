@@ -22,7 +22,7 @@ def test_readme_example_segments_a_tiff_and_writes_it_back(tmp_path):
     image, label = tube_volume(48, 1)
     write_tiff(tmp_path / "stack.tif", (image * 3000).astype(np.uint16), (2.0, 2.0, 2.0))
     model = octasim.load_model()
-    assert model["model_card"]["name"] == "octasim-multiscale-v2"
+    assert model["model_card"]["name"] == "octasim-multiscale-v3"
     scan = octasim.read_scan(tmp_path / "stack.tif")
     assert scan.spacing_um == (2.0, 2.0, 2.0)
     net, _ = octasim.prepare_model(model, "cpu")

@@ -130,6 +130,8 @@ def test_cli_finetune_takes_the_starting_models_config(tmp_path, capsys):
     assert cfg["model"]["channels"] == TINY["model"]["channels"] and cfg["optimizer"]["lr"] == 1e-4
     assert cfg["synthetic_fraction"] == 0.0 and tuned["voxel_size_um"] == 2.0
     assert "calibrated on 1 validation volume" in capsys.readouterr().out
+    # recorded, not applied: one held-out block is too small to choose a threshold by
+    assert tuned["threshold_calibration"]["applied"] is False and tuned["threshold"] == 0.5
     assert main(args[:-4] + ["--steps", "3", "--synthetic-fraction", "0", "--resume"]) == 0
     assert load_checkpoint(out / "last.pt")["step"] == 3
 

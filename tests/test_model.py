@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from octasim.model import (CHECKPOINT_FORMAT, CheckpointError, build_unet, load_checkpoint,
-                           model_from_checkpoint, save_checkpoint)
+                           model_from_checkpoint, save_checkpoint, scale_window)
 
 class _Evil:
     pass
@@ -87,3 +87,31 @@ def test_checkpoint_with_nan_weights_or_bad_threshold_is_refused(tmp_path, defec
     assert str(path) in str(info.value)
     with pytest.raises(CheckpointError, match=message):  # a state dict given directly is checked too
         model_from_checkpoint(state)
+
+
+def test_window_scaled_network_is_blind_to_gain_and_keeps_unet_weights():
+    torch.manual_seed(0)
+    res = {**TINY, "num_res_units": 1, "norm": "INSTANCE"}  # the residual branch sees the raw input
+    plain, scaled = build_unet(res).eval(), build_unet({**res, "input_scale": "window"}).eval()
+    scaled.load_state_dict(plain.state_dict())  # same parameters, same keys
+    x = torch.rand(2, 1, 16, 16, 16) * 0.8
+    with torch.no_grad():
+        assert not torch.allclose(plain(x), plain(0.25 * x), atol=1e-3)
+        assert torch.allclose(scaled(x), scaled(0.25 * x), atol=1e-5)
+        assert torch.allclose(scaled(x), plain(scale_window(x)))
+        assert torch.equal(scaled(torch.zeros(1, 1, 16, 16, 16)), plain(torch.zeros(1, 1, 16, 16, 16)))
+
+
+def test_scale_window_sets_each_windows_robust_maximum_to_one():
+    x = torch.full((2, 1, 8, 8, 8), 0.1)
+    x[0, 0, 2:5, 2:5, 2:5] = 0.4          # a bright 3^3 block: the robust maximum
+    x[0, 0, 7, 7, 7] = 0.9                # one hot voxel does not set the scale; it is clipped
+    y = scale_window(x)
+    assert torch.allclose(y[0, 0, 3, 3, 3], torch.tensor(1.0)) and y[0, 0, 7, 7, 7] == 1.0
+    assert torch.allclose(y[0, 0, 0, 0, 0], torch.tensor(0.25))
+    assert torch.allclose(y[1], torch.ones_like(y[1]))  # each window by itself
+
+
+def test_unknown_input_scale_is_refused():
+    with pytest.raises(ValueError, match="input_scale"):
+        build_unet({**TINY, "input_scale": "volume"})

@@ -98,6 +98,8 @@ def test_unknown_key_is_named(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="loss.name"):
         config_from_dict({"loss": {"name": "focal"}})
+    with pytest.raises(ConfigError, match="model.input_scale"):
+        config_from_dict({"model": {"input_scale": "volume"}})
     with pytest.raises(ConfigError, match="no such training config"):
         load_config(tmp_path / "missing.yaml")
 

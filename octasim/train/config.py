@@ -18,7 +18,7 @@ from octasim.paths import DATA_DIR
 from octasim.typed import convert, from_mapping
 
 #: Names accepted by ``--config`` besides a YAML path.
-BUILTIN_CONFIGS = ("default", "paper", "mixed", "multiscale", "multiscale-v2", "multiscale-surface", "finetune")
+BUILTIN_CONFIGS = ("default", "paper", "mixed", "multiscale", "multiscale-v2", "multiscale-v3", "multiscale-surface", "finetune")
 LOSSES = ("dice", "cldice", "dice_cldice", "dice_bce")
 
 
@@ -36,6 +36,7 @@ class ModelConfig:
     act: str = "PRELU"
     norm: str = "INSTANCE"
     dropout: float = 0.0
+    input_scale: str = "scan"  #: "scan" or "window" (each window scaled by itself: octasim.model.scale_window)
 
 
 @dataclass
@@ -181,6 +182,9 @@ class TrainConfig:
             raise ConfigError(f"{source}: {key}: {msg}")
         if self.loss.name not in LOSSES:
             bad("loss.name", f"{self.loss.name!r} is not one of {', '.join(LOSSES)}")
+        from octasim.model import INPUT_SCALES
+        if self.model.input_scale not in INPUT_SCALES:
+            bad("model.input_scale", f"{self.model.input_scale!r} is not one of {', '.join(INPUT_SCALES)}")
         if len(self.model.strides) != len(self.model.channels) - 1:
             bad("model.strides", f"needs {len(self.model.channels) - 1} values (one fewer than channels)")
         for key in ("steps", "batch_size", "patch_size", "val_every", "log_every"):
