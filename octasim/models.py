@@ -102,7 +102,7 @@ def model_summary(state: dict[str, Any], label: str) -> str:
               else "")
     cal = state.get("threshold_calibration") or {}
     if cal.get("applied"):
-        source = f"calibrated on {cal.get('n_volumes', '?')} synthetic validation volumes"
+        source = f"calibrated on {cal.get('n_volumes', '?')} validation volume(s)"
     else:
         source = "the training config's"
     lines = [f"model {card.get('name', label)} ({label}): trained {steps:,} steps{stages} in {minutes:.0f} min"
