@@ -19,7 +19,8 @@ issue 9: the bundled model >= 0.10 above Otsu on Dice and clDice on each stack).
 
 Modes (the ablation of the image pyramid, ``octasim.inference``): ``single`` = the training grid only;
 ``pyramid`` = the training grid and the coarser views the checkpoint allows, fused as documented;
-``max`` = the same views fused by a plain maximum (coarse views not opened).
+``max`` = the same views fused by a plain maximum (coarse views not opened); ``unflattened`` = the
+pyramid without flattening the coarse views' gain (``octasim.inference.local_brightness``).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ STACKS = (
     ("burgess2014 (surface, 50-100 um vessels)", "burgess2014_noisySparseVessels_BM4D_denoised.tif",
      "burgess2014_noisySparseVessels_labels_v1.tif"),
 )
-MODES = ("single", "pyramid", "max")
+MODES = ("single", "pyramid", "max", "unflattened")
 TARGET_MARGIN = 0.10
 
 
@@ -79,6 +80,8 @@ def predict(state: dict, model, image: np.ndarray, mode: str) -> np.ndarray:
         return predict_probability(model, image, SPACING_UM, grid, dev, views_um=views[:1])
     if mode == "pyramid":
         return predict_probability(model, image, SPACING_UM, grid, dev, views_um=views)
+    if mode == "unflattened":
+        return predict_probability(model, image, SPACING_UM, grid, dev, views_um=views, flatten=False)
     return predict_probability(model, image, SPACING_UM, grid, dev, views_um=views, fusion="max")
 
 
@@ -235,10 +238,12 @@ def main(argv=None) -> int:
                          **scores(mask > 0, label)})
     paths = [Path(m) for m in args.models] if args.models else [bundled_model_path()]
     state = None
+    names = [p.name for p in paths]
     for path in paths:
         state = load_checkpoint(path)
         step = state.get("step")
-        rows += run_model(f"{path.name} (step {step})", state, stacks, args.modes)
+        name = path.name if names.count(path.name) == 1 else str(path)  # runs/a/last.pt, runs/b/last.pt
+        rows += run_model(f"{name} (step {step})", state, stacks, args.modes)
         print(f"measured {path}", file=sys.stderr)
     print_table(rows)
     if not args.no_otsu:

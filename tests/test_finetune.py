@@ -53,14 +53,20 @@ def test_unpaired_and_empty_folders_are_named(tmp_path):
 
 
 def test_scan_views_match_what_inference_feeds_the_network():
+    from octasim.inference import ModelGrid, local_brightness
     from octasim.preprocess import normalize_percentiles, resample, resampled_shape
 
     image, label = tube_volume(40, 5)
-    views = scan_views(image * 1000, label, SCAN_SPACING, [2.0, 4.0], (0.5, 99.5))
+    grid = ModelGrid(2.0, (8, 8, 8), (0.5, 99.5), max_voxel_size_um=4.0)
+    views = scan_views(image * 1000, label, SCAN_SPACING, [2.0, 4.0], grid)
     assert [v[0].shape for v in views] == [(20, 20, 80), (10, 10, 40)]
-    # exactly what octasim.inference.predict_probability gives the network for the 2 um view
-    expected = resample(normalize_percentiles(image * 1000, (0.5, 99.5)), resampled_shape(image.shape, SCAN_SPACING, 2.0))
-    np.testing.assert_array_equal(views[0][0], expected)
+    # exactly what octasim.inference.predict_probability gives the network: the 2 um view as resampled,
+    # the 4 um view divided by the 2 um view's local brightness (over one 16 um window)
+    scaled = normalize_percentiles(image * 1000, (0.5, 99.5))
+    fine = resample(scaled, resampled_shape(image.shape, SCAN_SPACING, 2.0))
+    np.testing.assert_array_equal(views[0][0], fine)
+    coarse = resample(scaled, (10, 10, 40)) / resample(local_brightness(fine, 2.0, 16.0), (10, 10, 40))
+    np.testing.assert_allclose(views[1][0], np.clip(coarse, 0.0, 1.0), atol=1e-6)
     assert views[0][1].dtype == np.uint8 and 0 < views[0][1].mean() < 0.5  # the label follows the image
 
 

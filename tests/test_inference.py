@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from octasim.inference import ModelGrid, predict_probability, pyramid_voxel_sizes, trained_voxel_range, wide_part
+from octasim.inference import MAX_GAIN_CORRECTION, ModelGrid, fills_window, local_brightness, predict_probability, \
+    pyramid_voxel_sizes, trained_voxel_range, wide_part
 
 
 class ProbIsImage(torch.nn.Module):
@@ -123,3 +124,57 @@ def test_bad_fusion_and_views_are_errors():
     with pytest.raises(ValueError, match="view"):
         predict_probability(ProbIsImage(), vol, (1, 1, 1), ModelGrid(1.0, (8, 8, 8)), torch.device("cpu"),
                             views_um=[0.0])
+
+
+def test_local_brightness_follows_a_smooth_gain_and_is_bounded():
+    """Vessels everywhere, the right half twice as dim: divided by the local brightness both halves'
+    vessels are about equally bright; a half four times dimmer, or tissue far from any vessel, is lifted
+    at most ``MAX_GAIN_CORRECTION``-fold; an all-zero view stays finite."""
+    vol = np.full((96, 48, 24), 0.05, np.float32)
+    for i in range(3, 96, 12):                    # vessels 3 voxels wide along j, 12 voxels apart
+        for k in (3, 11, 19):
+            vol[i:i + 3, :, k:k + 3] = 0.9
+    centres = (slice(4, 40, 12), slice(None), slice(4, None, 8)), (slice(64, 92, 12), slice(None), slice(4, None, 8))
+    for dimming, expected in ((2.0, 1.0), (4.0, MAX_GAIN_CORRECTION / 4.0)):
+        scan = vol.copy()
+        scan[48:] /= dimming
+        local = local_brightness(scan, 1.0, 16.0)
+        assert local.shape == scan.shape and local.dtype == np.float32
+        flat = scan / local
+        assert flat[centres[0]].mean() == pytest.approx(1.0, abs=0.1)
+        assert flat[centres[1]].mean() == pytest.approx(expected, abs=0.1)
+    empty = np.full((32, 32, 8), 0.05, np.float32)
+    empty[1:4, 1:4, 1:4] = 1.0                    # one vessel in a corner, tissue elsewhere
+    assert (empty / local_brightness(empty, 1.0, 8.0))[16:, 16:].max() <= 0.05 * MAX_GAIN_CORRECTION + 1e-6
+    assert np.isfinite(local_brightness(np.zeros((8, 8, 8), np.float32), 1.0, 4.0)).all()
+
+
+class RelativeNeedsContext(NeedsContext):
+    """``NeedsContext`` on its window scaled by the window's brightest voxel, like a network that sees
+    every window at the same gain (``model.input_scale: window``)."""
+
+    def forward(self, x):
+        return super().forward(x / x.amax(dim=(2, 3, 4), keepdim=True).clamp_min(1e-6))
+
+
+def test_coarse_view_sees_a_dim_vessel_at_the_gain_of_the_finest_window():
+    """Two 56 um wide vessels, one three times dimmer. The fine window sees only their walls; the coarse
+    window holds both, so without flattening the dim one is dim next to the bright one and its inside
+    is missed; divided by the fine view's local brightness it is filled like the bright one."""
+    vol = np.zeros((160, 128, 16), np.float32)   # the 8 um view (20 x 16) fills its 16-voxel window
+    vol[8:64] = 0.9
+    vol[96:152] = 0.3
+    grid = ModelGrid(1.0, (16, 16, 16), (0.0, 100.0), max_voxel_size_um=8.0)
+    net, cpu = RelativeNeedsContext(), torch.device("cpu")
+    flat = predict_probability(net, vol, (1.0,) * 3, grid, cpu, views_um=[1.0, 8.0])
+    plain = predict_probability(net, vol, (1.0,) * 3, grid, cpu, views_um=[1.0, 8.0], flatten=False)
+    bright_inside, dim_inside = (slice(20, 52), slice(8, 120)), (slice(108, 140), slice(8, 120))
+    assert (plain[bright_inside] > 0.5).mean() > 0.9 and (flat[bright_inside] > 0.5).mean() > 0.9
+    assert (plain[dim_inside] > 0.5).mean() < 0.1
+    assert (flat[dim_inside] > 0.5).mean() > 0.9
+    assert (flat[70:90] > 0.5).mean() < 0.05      # tissue between them stays tissue
+    # a scan narrower than the coarse window (64 um along j: half of it padding) is not corrected
+    narrow = predict_probability(net, vol[:, :64], (1.0,) * 3, grid, cpu, views_um=[1.0, 8.0])
+    np.testing.assert_array_equal(narrow, predict_probability(net, vol[:, :64], (1.0,) * 3, grid, cpu,
+                                                              views_um=[1.0, 8.0], flatten=False))
+    assert fills_window((20, 16, 2), (16, 16, 16)) and not fills_window((20, 8, 2), (16, 16, 16))

@@ -5,7 +5,8 @@ on-the-fly synthesis.
   folders of labelled real scans (``find_labelled_scans``: plain ``NAME`` + ``NAME_label`` pairs or
   the nnU-Net layout ``imagesTr/`` + ``labelsTr/``).
 - ``scan_views`` prepares a real scan as inference sees it: percentile scaling, then resampling
-  to each view of the model's image pyramid (so fine-tuning teaches every view the network is used at).
+  to each view of the model's image pyramid and the coarse views' gain correction
+  (``octasim.inference.network_views``: fine-tuning teaches every view the network is used at).
 - ``split_samples`` holds out whole samples for validation, deterministically by seed.
 - ``PatchDataset`` loads every volume once and draws random ``crop``^3 crops from memory (no file is
   re-read per patch), then applies the augmentation. Sample ``n`` is a pure function of (seed, n), so
@@ -205,18 +206,17 @@ def read_scan_pair(ref: SampleRef) -> tuple[np.ndarray, np.ndarray, tuple[float,
 
 
 def scan_views(image: np.ndarray, label: np.ndarray, spacing_um: Sequence[float], views_um: Sequence[float],
-               clip_percentiles: Sequence[float]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """A real scan as the network sees it at each view of the image pyramid (voxel sizes ``views_um``):
-    clipped to ``clip_percentiles`` and scaled to [0, 1], then resampled exactly as
-    :func:`octasim.inference.predict_probability` resamples scans (the label linearly, then > 0.5)."""
-    from octasim.preprocess import normalize_percentiles, resample, resampled_shape
+               grid) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A real scan as the network sees it at each view of the image pyramid (voxel sizes ``views_um``,
+    finest first; ``grid`` an :class:`octasim.inference.ModelGrid`): clipped to the grid's percentiles
+    and scaled to [0, 1], then :func:`octasim.inference.network_views`, as ``predict_probability``
+    prepares scans; the label resampled linearly, then > 0.5."""
+    from octasim.inference import network_views
+    from octasim.preprocess import normalize_percentiles, resample
 
-    scaled = normalize_percentiles(image, clip_percentiles)
-    out = []
-    for view in views_um:
-        shape = resampled_shape(scaled.shape, spacing_um, view)
-        out.append((resample(scaled, shape), (resample(label.astype(np.float32), shape) > 0.5).astype(np.uint8)))
-    return out
+    scaled = normalize_percentiles(image, grid.clip_percentiles)
+    views = network_views(scaled, spacing_um, views_um, grid)
+    return [(view, (resample(label.astype(np.float32), view.shape) > 0.5).astype(np.uint8)) for view in views]
 
 
 def hold_out_block(image: np.ndarray, label: np.ndarray, fraction: float = 0.25

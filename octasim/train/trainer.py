@@ -170,20 +170,19 @@ def _training_data(info, cfg: TrainConfig, grid: ModelGrid, progress: bool) -> t
     val_volumes = load_volumes(val_refs, progress)
     if not scans:
         return train_volumes, val_volumes
-    clip = grid.clip_percentiles
     if len(scans) < MIN_SCANS_FOR_WHOLE_HOLD_OUT:
         val_volumes = []
         for ref in scans:
             image, label, spacing = read_scan_pair(ref)
             (train_img, train_lab), (val_img, val_lab) = hold_out_block(image, label)
             views = scan_view_sizes(grid, image.shape, spacing)  # as segment views the whole scan
-            train_volumes += scan_views(train_img, train_lab, spacing, views, clip)
+            train_volumes += scan_views(train_img, train_lab, spacing, views, grid)
             val_volumes.append((val_img, val_lab, spacing))
         return train_volumes, val_volumes
     fit, held = split_samples(scans, cfg)
     for ref in fit:
         image, label, spacing = read_scan_pair(ref)
-        train_volumes += scan_views(image, label, spacing, scan_view_sizes(grid, image.shape, spacing), clip)
+        train_volumes += scan_views(image, label, spacing, scan_view_sizes(grid, image.shape, spacing), grid)
     return train_volumes, [read_scan_pair(ref) for ref in held]
 
 
