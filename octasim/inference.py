@@ -185,7 +185,11 @@ def local_brightness(view: np.ndarray, voxel_um: float, region_um: float,
     um): the brightest 3 x 3 x 3 mean within a ``region_um`` (um) cube, smoothed by a Gaussian of half
     that width, and at least ``1 / max_correction`` of the view's brightest. float32, ``view``'s shape.
 
-    Coarser views are divided by it (resampled to their grid) before the network. Why: a window is
+    Coarser views at least one window wide (:func:`fills_window`) are divided by it (resampled to
+    their grid) before the network, then clipped to [0, 1]. The bound is relative to the view's
+    brightest region: a region is divided by at most ``max_correction`` times what the brightest one
+    is divided by (for a network that scales each window by its brightest region, as v3 does, only
+    that ratio matters). Why: a window is
     scaled by its own brightest region (``model.input_scale: window``), which removes the scan's gain
     over one window of the finest view (128 um). A coarser view's window spans 256-512 um, farther than
     two-photon gain stays constant (vignetting, uneven dye, brightness falling threefold over 50 um of
@@ -221,8 +225,11 @@ def network_views(image: np.ndarray, spacing_um: Sequence[float], views_um: Sequ
     ``image``: the scan already clipped and scaled to [0, 1], depth along k, voxel size ``spacing_um``
     (um per axis); ``views_um``: the views' voxel sizes (um), finest first. Coarser views at least one
     window wide (:func:`fills_window`) are divided by the finest view's :func:`local_brightness` over
-    one of its windows (unless ``flatten`` is False). Fine-tuning prepares real scans with this too, so it trains on what inference feeds.
+    one of its windows (unless ``flatten`` is False). Fine-tuning prepares real scans with this too,
+    so it trains on what inference feeds.
     """
+    if list(views_um) != sorted(views_um):
+        raise ValueError(f"views must be given finest first (um), got {list(views_um)}")
     brightness = None
     for n, view_um in enumerate(views_um):
         view = resample(image, resampled_shape(image.shape, spacing_um, view_um))

@@ -178,3 +178,10 @@ def test_coarse_view_sees_a_dim_vessel_at_the_gain_of_the_finest_window():
     np.testing.assert_array_equal(narrow, predict_probability(net, vol[:, :64], (1.0,) * 3, grid, cpu,
                                                               views_um=[1.0, 8.0], flatten=False))
     assert fills_window((20, 16, 2), (16, 16, 16)) and not fills_window((20, 8, 2), (16, 16, 16))
+
+
+def test_views_must_be_finest_first():
+    vol = np.random.default_rng(0).random((16, 16, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="finest first"):
+        predict_probability(ProbIsImage(), vol, (1, 1, 1), ModelGrid(1.0, (8, 8, 8)), torch.device("cpu"),
+                            views_um=[2.0, 1.0])

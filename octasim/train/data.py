@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from octasim.inference import ModelGrid
 from octasim.synth.manifest import MANIFEST, load_dataset
 from octasim.synth.manifest import DatasetError as DataError  # one class: training data cannot be used
 from octasim.train.augment import build_augmentation, seed_for
@@ -206,9 +207,9 @@ def read_scan_pair(ref: SampleRef) -> tuple[np.ndarray, np.ndarray, tuple[float,
 
 
 def scan_views(image: np.ndarray, label: np.ndarray, spacing_um: Sequence[float], views_um: Sequence[float],
-               grid) -> list[tuple[np.ndarray, np.ndarray]]:
+               grid: ModelGrid) -> list[tuple[np.ndarray, np.ndarray]]:
     """A real scan as the network sees it at each view of the image pyramid (voxel sizes ``views_um``,
-    finest first; ``grid`` an :class:`octasim.inference.ModelGrid`): clipped to the grid's percentiles
+    finest first; ``grid`` the model's): clipped to the grid's percentiles
     and scaled to [0, 1], then :func:`octasim.inference.network_views`, as ``predict_probability``
     prepares scans; the label resampled linearly, then > 0.5."""
     from octasim.inference import network_views
