@@ -189,9 +189,10 @@ def local_brightness(view: np.ndarray, voxel_um: float, region_um: float,
     their grid) before the network, then clipped to [0, 1]. The bound is relative to the view's
     brightest region: a region is divided by at most ``max_correction`` times what the brightest one
     is divided by (for a network that scales each window by its brightest region, as v3 does, only
-    that ratio matters). Why: a window is
-    scaled by its own brightest region (``model.input_scale: window``), which removes the scan's gain
-    over one window of the finest view (128 um). A coarser view's window spans 256-512 um, farther than
+    that ratio matters).
+
+    Why: a window is scaled by its own brightest region (``model.input_scale: window``), which removes
+    the scan's gain over one window of the finest view (128 um). A coarser view's window spans 256-512 um, farther than
     two-photon gain stays constant (vignetting, uneven dye, brightness falling threefold over 50 um of
     depth), so there a dim vessel is judged next to a brighter one and missed: the shared surface
     stack's dimmer half scored Dice 0.54 as part of the whole stack and 0.85 segmented alone.

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from octasim.inference import ModelGrid
+from octasim.inference import ModelGrid, network_views
+from octasim.preprocess import normalize_percentiles, resample
 from octasim.synth.manifest import MANIFEST, load_dataset
 from octasim.synth.manifest import DatasetError as DataError  # one class: training data cannot be used
 from octasim.train.augment import build_augmentation, seed_for
@@ -162,7 +163,7 @@ def network_input(image: np.ndarray, cfg: TrainConfig) -> np.ndarray:
     image = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
     if cfg.input_clip_percentiles is None:
         return image
-    from octasim.preprocess import PreprocessError, normalize_percentiles
+    from octasim.preprocess import PreprocessError
 
     try:
         return normalize_percentiles(image, cfg.input_clip_percentiles)
@@ -209,12 +210,9 @@ def read_scan_pair(ref: SampleRef) -> tuple[np.ndarray, np.ndarray, tuple[float,
 def scan_views(image: np.ndarray, label: np.ndarray, spacing_um: Sequence[float], views_um: Sequence[float],
                grid: ModelGrid) -> list[tuple[np.ndarray, np.ndarray]]:
     """A real scan as the network sees it at each view of the image pyramid (voxel sizes ``views_um``,
-    finest first; ``grid`` the model's): clipped to the grid's percentiles
-    and scaled to [0, 1], then :func:`octasim.inference.network_views`, as ``predict_probability``
-    prepares scans; the label resampled linearly, then > 0.5."""
-    from octasim.inference import network_views
-    from octasim.preprocess import normalize_percentiles, resample
-
+    finest first; ``grid`` the model's): clipped to the grid's percentiles and scaled to [0, 1], then
+    :func:`octasim.inference.network_views`, as ``predict_probability`` prepares scans; the label
+    resampled linearly, then > 0.5."""
     scaled = normalize_percentiles(image, grid.clip_percentiles)
     views = network_views(scaled, spacing_um, views_um, grid)
     return [(view, (resample(label.astype(np.float32), view.shape) > 0.5).astype(np.uint8)) for view in views]
