@@ -172,9 +172,11 @@ def test_workers_die_with_a_killed_parent(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers: list[int] = []
     deadline = time.time() + 60
-    while time.time() < deadline and not (out / "images").is_dir():  # the workers are rendering by then
+    # the output folder appears before the pool spawns its workers: wait for the processes themselves
+    # (two workers; the resource tracker may count as one more child), not for the folder
+    while time.time() < deadline and len(workers) < 2:
         time.sleep(0.2)
-    workers = children(proc.pid)
+        workers = children(proc.pid)
     assert workers, "no worker processes found"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
