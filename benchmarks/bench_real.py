@@ -18,9 +18,11 @@ issue 9: the bundled model >= 0.10 above Otsu on Dice and clDice on each stack).
     python benchmarks/bench_real.py --dim-vessels                  # recall when vessels lie low on the scale
 
 Modes (the ablation of the image pyramid, ``octasim.inference``): ``single`` = the training grid only;
-``pyramid`` = the training grid and the coarser views the checkpoint allows, fused as documented;
-``max`` = the same views fused by a plain maximum (coarse views not opened); ``unflattened`` = the
-pyramid without flattening the coarse views' gain (``octasim.inference.local_brightness``).
+``pyramid`` = the default path of ``octasim segment`` (coarser views added while the previous view
+asks for them, ``octasim.inference.needs_coarser_view``, fused as documented); ``all-views`` = every
+view the checkpoint allows, whether needed or not; ``max`` = all views fused by a plain maximum
+(coarse views not opened); ``unflattened`` = all views without flattening the coarse views' gain
+(``octasim.inference.local_brightness``).
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ STACKS = (
     ("burgess2014 (surface, 50-100 um vessels)", "burgess2014_noisySparseVessels_BM4D_denoised.tif",
      "burgess2014_noisySparseVessels_labels_v1.tif"),
 )
-MODES = ("single", "pyramid", "max", "unflattened")
+MODES = ("single", "pyramid", "all-views", "max", "unflattened")
 TARGET_MARGIN = 0.10
 
 
@@ -79,6 +81,8 @@ def predict(state: dict, model, image: np.ndarray, mode: str) -> np.ndarray:
     if mode == "single":
         return predict_probability(model, image, SPACING_UM, grid, dev, views_um=views[:1])
     if mode == "pyramid":
+        return predict_probability(model, image, SPACING_UM, grid, dev)
+    if mode == "all-views":
         return predict_probability(model, image, SPACING_UM, grid, dev, views_um=views)
     if mode == "unflattened":
         return predict_probability(model, image, SPACING_UM, grid, dev, views_um=views, flatten=False)

@@ -16,9 +16,9 @@ Steps (sizes in um, arrays (i, j, k) with depth along k after :func:`to_depth_la
    Mirroring instead would extend every surface vessel crossing a thin slab into a bright wall the
    height of the window, unlike any vessel; on the shallow surface stack (10 slices) an early model
    labelled such vessels at Dice 0.45 mirrored and 0.63 zero-padded at the 8 um view;
-5. fuse the views on the scan's grid: the finest view gives every vessel it resolves; a coarser view
-   adds only what it calls vessel over at least ``WIDE_VESSEL_VOXELS`` (5) of its own voxels across
-   the lateral plane (a grey-level opening with a 5 x 5 x 1 box on its grid: erosion, then
+5. fuse the views on the scan's grid (the coarser views that find wide vessels, below): the finest
+   view gives every vessel it resolves; a coarser view adds only what it calls vessel over at least
+   ``WIDE_VESSEL_VOXELS`` (5) of its own voxels across the lateral plane (a grey-level opening with a 5 x 5 x 1 box on its grid: erosion, then
    dilation): the inside of a wide vessel (3 voxels) with a wall voxel on each side. So it fills
    wide vessels whose inside the fine window cannot see, but cannot widen the thin vessels it blurs:
    a capillary is one coarse voxel wide, and the network's probability around it spans a few.
@@ -28,6 +28,19 @@ Steps (sizes in um, arrays (i, j, k) with depth along k after :func:`to_depth_la
    lateral voxels gave 0.589, 0.625, 0.663, 0.666 and 0.636 (the deep stack gains with the size, the
    surface stack loses), a 3 x 3 x 3 cube 0.593 and a plain maximum 0.573; without the 8 um view the
    surface stack lost 0.19 Dice.
+
+Which views are fused: every candidate view (:func:`scan_view_sizes`) is predicted, and a coarser
+view is fused only if it finds a vessel wider than its finer neighbour segments whole, a quarter of
+that neighbour's window (:func:`finds_wide_vessels`; 32 um for the 4 um view, 64 um for the 8 um
+view). A coarse view exists for such vessels; elsewhere it only blurs: on the deep stack the 8 um
+view drew bands 40-60 um wide around bright diving vessels 20-30 um wide. Measured by the coarse view
+itself, which sees those vessels whole (the finer view labels only their walls: the 2 um view
+reported 16-45 um for synthetic vessels 60-120 um wide, and the 4 um view of weaker seeds 53 um for
+the surface stack's 50-100 um vessels, so a rule that asked the finer view would drop views the scan
+needs). Widest vessel each view finds with v3 (um): deep stack 25 (4 um) / 56 (8 um), surface stack
+108 / 120, synthetic vessels 60-120 um wide at least 54 / 78: the deep stack is segmented by the 2 um
+view alone (Dice 0.610 -> 0.662), everything else as before. When in doubt a view is fused (a blob
+wider than the threshold), which is the plain pyramid.
 
 Why a pyramid: a network labels a vessel only if its window (patch x voxel size) sees the vessel's
 walls and some tissue around it; inside a vessel wider than the window it sees a bright, textureless
@@ -179,6 +192,31 @@ def wide_part(prob: np.ndarray) -> np.ndarray:
     return grey_opening(prob, size=(WIDE_VESSEL_VOXELS, WIDE_VESSEL_VOXELS, 1), mode="nearest")
 
 
+def widest_vessel_um(mask: np.ndarray, voxel_um: float) -> float:
+    """Width (um) of the widest vessel in a binary ``mask`` (i, j, k with depth k, isotropic voxels of
+    ``voxel_um`` um) across the lateral plane: from the largest distance ``d`` (voxels) from a vessel
+    voxel to the background within its slice, ``2 d - 1`` voxels (a band n voxels wide has its middle
+    voxel (n + 1) / 2 voxels from the background); 0 for an empty mask. Lateral, as the fusion's
+    opening is, because a shallow stack's view can be fewer voxels deep than its vessels are wide."""
+    from scipy.ndimage import distance_transform_edt
+
+    widest = 0.0
+    for k in range(mask.shape[2]):
+        if mask[..., k].any():
+            widest = max(widest, float(distance_transform_edt(mask[..., k]).max()))
+    return max(2.0 * widest - 1.0, 0.0) * float(voxel_um)
+
+
+def finds_wide_vessels(prob: np.ndarray, voxel_um: float, finer_voxel_um: float, grid: ModelGrid) -> bool:
+    """Whether a coarse view (vessel probability ``prob`` on its own grid of ``voxel_um`` um) holds a
+    vessel wider than the next finer view (``finer_voxel_um``) segments whole: a quarter of that
+    view's lateral window (``WINDOW_PER_VESSEL``), measured by :func:`widest_vessel_um` on what this
+    view calls vessel (probability > 0.5). Only then is the coarse view fused: it exists for such
+    vessels, and elsewhere it only blurs (false vessels around bright thin ones)."""
+    finer_window_um = min(grid.patch_size[:2]) * float(finer_voxel_um)
+    return widest_vessel_um(prob > 0.5, voxel_um) > finer_window_um / WINDOW_PER_VESSEL
+
+
 def local_brightness(view: np.ndarray, voxel_um: float, region_um: float,
                      max_correction: float = MAX_GAIN_CORRECTION) -> np.ndarray:
     """The brightness of the vessels around each voxel of ``view`` (i, j, k, voxels of ``voxel_um``
@@ -258,8 +296,9 @@ def predict_probability(model, volume: np.ndarray, spacing_um: Sequence[float], 
     """Vessel probability (float32 in [0, 1], the scan's shape) of a 3D scan: the steps of this module.
 
     ``spacing_um``: voxel size along the array axes (um). ``views_um``: voxel sizes (um) of the
-    pyramid's views, finest first; default :func:`pyramid_voxel_sizes` (``[grid.voxel_size_um]`` for a
-    single view). ``fusion``: ``"wide"`` (coarse views opened, the documented rule) or ``"max"``
+    pyramid's views, finest first, all of them fused; default: the views of :func:`scan_view_sizes`,
+    each coarser one fused only if it finds vessels its finer neighbour cannot segment whole
+    (:func:`finds_wide_vessels`). ``fusion``: ``"wide"`` (coarse views opened, the documented rule) or ``"max"``
     (a plain maximum over the views; for the ablation in ``benchmarks/bench_real.py``). ``flatten``:
     coarse views divided by the finest view's local brightness first (:func:`local_brightness`; off
     for the ablation).
@@ -274,6 +313,8 @@ def predict_probability(model, volume: np.ndarray, spacing_um: Sequence[float], 
     fused = None
     for n, net_in in enumerate(network_views(image, spacing, views, grid, flatten)):
         prob = predict_view(model, net_in, grid.patch_size, device, overlap, sw_batch_size, tta)
+        if n > 0 and views_um is None and not finds_wide_vessels(prob, views[n], views[n - 1], grid):
+            continue
         if n > 0 and fusion == "wide":
             prob = wide_part(prob)
         prob = resample(prob, image.shape)

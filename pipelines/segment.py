@@ -83,8 +83,10 @@ def register(subparsers) -> None:
                         "nifti (.nii.gz), tiff (.tif, ImageJ hyperstack calibrated in um)")
     p.add_argument("--views", nargs="+", default=["auto"], metavar="UM",
                    help="voxel sizes (um) of the image pyramid's views, finest first: 'auto' (the model's "
-                        "training grid and coarser views up to a window of twice the widest cortical vessel, "
-                        "within the voxel sizes it was trained on), 'single' (the training grid only), or numbers")
+                        "training grid and coarser views up to a window of four times the widest cortical vessel, "
+                        "within the voxel sizes it was trained on; a coarser view is fused only if it finds a "
+                        "vessel wider than a quarter of its finer neighbour's window), 'single' (the training "
+                        "grid only), or numbers (exactly these views, all fused)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace NAME_prob / NAME_mask files that an earlier run left in --out (default: refuse)")
     p.add_argument("--sigmas-um", type=float, nargs="+", default=FRANGI_SIGMAS_UM,

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from octasim.inference import MAX_GAIN_CORRECTION, ModelGrid, fills_window, local_brightness, predict_probability, \
-    pyramid_voxel_sizes, trained_voxel_range, wide_part
+from octasim.inference import MAX_GAIN_CORRECTION, ModelGrid, fills_window, finds_wide_vessels, local_brightness, \
+    predict_probability, pyramid_voxel_sizes, trained_voxel_range, wide_part, widest_vessel_um
 
 
 class ProbIsImage(torch.nn.Module):
@@ -185,3 +185,55 @@ def test_views_must_be_finest_first():
     with pytest.raises(ValueError, match="finest first"):
         predict_probability(ProbIsImage(), vol, (1, 1, 1), ModelGrid(1.0, (8, 8, 8)), torch.device("cpu"),
                             views_um=[2.0, 1.0])
+
+
+def test_widest_vessel_is_measured_across_the_lateral_plane():
+    mask = np.zeros((40, 40, 6), bool)
+    assert widest_vessel_um(mask, 2.0) == 0.0
+    mask[5:10, :, 2] = True                       # a band 5 voxels wide in one slice
+    assert widest_vessel_um(mask, 2.0) == pytest.approx(10.0)
+    mask[20, 20, :] = True                        # one voxel wide, the whole depth: lateral width 1 voxel
+    assert widest_vessel_um(mask, 2.0) == pytest.approx(10.0)
+    mask[20:35, 20:35, 4] = True                  # 15 x 15 voxels
+    assert widest_vessel_um(mask, 2.0) == pytest.approx(30.0)
+    grid = ModelGrid(2.0, (64,) * 3, max_voxel_size_um=8.0)
+    # the 8 um view is needed for vessels wider than a quarter of the 4 um view's window (64 um)
+    prob = np.zeros((64, 64, 4), np.float32)
+    prob[10:17, :, 1] = 0.9                       # 7 voxels of 8 um = 56 um
+    assert not finds_wide_vessels(prob, 8.0, 4.0, grid)
+    prob[10:19, :, 1] = 0.9                       # 9 voxels = 72 um
+    assert finds_wide_vessels(prob, 8.0, 4.0, grid)
+    assert not finds_wide_vessels(prob, 8.0, 8.0, grid)   # the 8 um view's own quarter window: 128 um
+
+
+class Widens(torch.nn.Module):
+    """A 'network' that calls vessel everything within two voxels (across the lateral plane) of a bright
+    voxel, at every view: like a coarse view that draws a thin bright vessel as a band 5 voxels wide."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        bright = torch.nn.functional.max_pool3d((x > 0.5).float(), (5, 5, 1), stride=1, padding=(2, 2, 0))
+        return self.w * (20.0 * bright - 10.0)
+
+
+def test_a_coarse_view_is_fused_only_where_it_finds_vessels_its_finer_neighbour_cannot_segment():
+    """The default views: 2, 4 and 8 um. A thin vessel the coarse views widen by two of their voxels on
+    each side (48 um at 8 um, narrower than the 64 um the 4 um view segments whole) gets the fine view
+    alone; a 120 um vessel gets every view (the plain pyramid)."""
+    grid = ModelGrid(2.0, (64,) * 3, (0.0, 100.0), max_voxel_size_um=8.0)
+    net, cpu, spacing = Widens(), torch.device("cpu"), (1.0, 1.0, 5.0)
+    thin = np.zeros((320, 320, 10), np.float32)
+    thin[154:166] = 1.0                                         # 12 um wide, along j
+    default = predict_probability(net, thin, spacing, grid, cpu)
+    every = predict_probability(net, thin, spacing, grid, cpu, views_um=[2.0, 4.0, 8.0])
+    single = predict_probability(net, thin, spacing, grid, cpu, views_um=[2.0])
+    np.testing.assert_array_equal(default, single)
+    assert (default[:, 160] > 0.5).sum(axis=0).max() <= 24     # 12 um + 2 fine voxels on each side
+    assert (every[:, 160] > 0.5).sum(axis=0).max() >= 40       # the 8 um view's 5-voxel band
+    wide = np.zeros((320, 320, 10), np.float32)
+    wide[100:220] = 1.0                                         # 120 um wide
+    np.testing.assert_array_equal(predict_probability(net, wide, spacing, grid, cpu),
+                                  predict_probability(net, wide, spacing, grid, cpu, views_um=[2.0, 4.0, 8.0]))
