@@ -292,7 +292,7 @@ def fills_window(view_shape: Sequence[int], patch_size: Sequence[int]) -> bool:
 def predict_probability(model, volume: np.ndarray, spacing_um: Sequence[float], grid: ModelGrid, device,
                         overlap: float = 0.5, sw_batch_size: int = 4, tta: bool = False, depth_axis: str = "k",
                         views_um: Sequence[float] | None = None, fusion: str = "wide",
-                        flatten: bool = True) -> np.ndarray:
+                        flatten: bool = True, fused_views: list[float] | None = None) -> np.ndarray:
     """Vessel probability (float32 in [0, 1], the scan's shape) of a 3D scan: the steps of this module.
 
     ``spacing_um``: voxel size along the array axes (um). ``views_um``: voxel sizes (um) of the
@@ -301,7 +301,7 @@ def predict_probability(model, volume: np.ndarray, spacing_um: Sequence[float], 
     (:func:`finds_wide_vessels`). ``fusion``: ``"wide"`` (coarse views opened, the documented rule) or ``"max"``
     (a plain maximum over the views; for the ablation in ``benchmarks/bench_real.py``). ``flatten``:
     coarse views divided by the finest view's local brightness first (:func:`local_brightness`; off
-    for the ablation).
+    for the ablation). ``fused_views``: a list that receives the voxel sizes (um) of the views fused.
     """
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
@@ -319,5 +319,7 @@ def predict_probability(model, volume: np.ndarray, spacing_um: Sequence[float], 
             prob = wide_part(prob)
         prob = resample(prob, image.shape)
         fused = prob if fused is None else np.maximum(fused, prob, out=fused)
+        if fused_views is not None:
+            fused_views.append(float(views[n]))
     np.clip(fused, 0.0, 1.0, out=fused)
     return np.ascontiguousarray(from_depth_last(fused, depth_axis))

@@ -65,7 +65,8 @@ def prepare_model(state: dict[str, Any], device: str = "auto"):
 def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[str, Any], device: str = "auto",
                    overlap: float = 0.5, threshold: float | None = None, sw_batch_size: int = 4, tta: bool = False,
                    depth_axis: str = "k", min_component_um3: float = 0.0, model=None,
-                   views_um: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   views_um: Sequence[float] | None = None,
+                   fused_views: list[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """U-Net vessel probability and mask for a 3D scan, both with the scan's shape.
 
     The probability comes from :func:`octasim.inference.predict_probability` (the path validation and
@@ -77,6 +78,7 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
     of the views, resampling back. Then the threshold (default: the checkpoint's, else 0.5) and
     optional removal of 26-connected components smaller than ``min_component_um3`` um^3.
     ``model`` (from :func:`prepare_model`) avoids rebuilding the network for every volume.
+    ``fused_views``: a list that receives the voxel sizes (um) of the views fused.
     Returns (probability float32 in [0, 1], mask uint8 in {0, 1}).
     """
     from octasim.inference import ModelGrid, predict_probability
@@ -94,7 +96,8 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
         dev = next(model.parameters()).device
     threshold = float(state.get("threshold", 0.5) if threshold is None else threshold)
     prob = predict_probability(model, volume, spacing, ModelGrid.from_checkpoint(state), dev, overlap=overlap,
-                               sw_batch_size=sw_batch_size, tta=tta, depth_axis=depth_axis, views_um=views_um)
+                               sw_batch_size=sw_batch_size, tta=tta, depth_axis=depth_axis, views_um=views_um,
+                               fused_views=fused_views)
     mask = remove_small_components(prob > threshold, spacing, min_component_um3)
     return prob, mask
 
@@ -161,6 +164,7 @@ class SegmentResult:
     error: str | None = None
     spacing_um: tuple[float, float, float] | None = None  #: the voxel size used (um along i, j, k)
     shape: tuple[int, ...] | None = None
+    views_um: tuple[float, ...] = ()  #: the image pyramid's views fused (um; U-Net only)
 
     @property
     def ok(self) -> bool:
@@ -275,9 +279,12 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
             spacing = vol.spacing_um
             res.spacing_um, res.shape = tuple(float(v) for v in spacing), tuple(vol.data.shape)
             if method == "unet":
+                fused: list[float] = []
                 prob, mask = segment_volume(vol.data, spacing, state, overlap=overlap, threshold=threshold,
                                             sw_batch_size=sw_batch_size, tta=tta, depth_axis=depth_axis,
-                                            min_component_um3=min_component_um3, model=net, views_um=views_um)
+                                            min_component_um3=min_component_um3, model=net, views_um=views_um,
+                                            fused_views=fused)
+                res.views_um = tuple(fused)
             elif method == "otsu":
                 prob, mask = otsu_segment(vol.data, spacing, threshold, _clip_percentiles(state), min_component_um3)
             else:

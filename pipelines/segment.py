@@ -145,8 +145,9 @@ def run(args: argparse.Namespace) -> int:
     for r in done:
         size = " x ".join(f"{v:g}" for v in r.spacing_um) if r.spacing_um else "?"
         shape = " x ".join(str(n) for n in r.shape) if r.shape else "?"
+        views = f", views {', '.join(f'{v:g}' for v in r.views_um)} um" if r.views_um else ""
         print(f"{r.input.name} ({shape} voxels of {size} um): vessel fraction {r.vessel_fraction:.2%} "
-              f"({r.seconds:.1f} s) -> "
+              f"({r.seconds:.1f} s{views}) -> "
               f"{r.mask_path.name}, {r.prob_path.name}, {r.qc_path.name}")
     print(f"segmented {len(done)} of {len(results)} volume(s) with {args.method}; outputs and QC PNGs in {args.out}")
     if failed:

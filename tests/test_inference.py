@@ -227,7 +227,9 @@ def test_a_coarse_view_is_fused_only_where_it_finds_vessels_its_finer_neighbour_
     net, cpu, spacing = Widens(), torch.device("cpu"), (1.0, 1.0, 5.0)
     thin = np.zeros((320, 320, 10), np.float32)
     thin[154:166] = 1.0                                         # 12 um wide, along j
-    default = predict_probability(net, thin, spacing, grid, cpu)
+    fused: list[float] = []
+    default = predict_probability(net, thin, spacing, grid, cpu, fused_views=fused)
+    assert fused == [2.0]
     every = predict_probability(net, thin, spacing, grid, cpu, views_um=[2.0, 4.0, 8.0])
     single = predict_probability(net, thin, spacing, grid, cpu, views_um=[2.0])
     np.testing.assert_array_equal(default, single)
@@ -235,5 +237,7 @@ def test_a_coarse_view_is_fused_only_where_it_finds_vessels_its_finer_neighbour_
     assert (every[:, 160] > 0.5).sum(axis=0).max() >= 40       # the 8 um view's 5-voxel band
     wide = np.zeros((320, 320, 10), np.float32)
     wide[100:220] = 1.0                                         # 120 um wide
-    np.testing.assert_array_equal(predict_probability(net, wide, spacing, grid, cpu),
+    fused = []
+    np.testing.assert_array_equal(predict_probability(net, wide, spacing, grid, cpu, fused_views=fused),
                                   predict_probability(net, wide, spacing, grid, cpu, views_um=[2.0, 4.0, 8.0]))
+    assert fused == [2.0, 4.0, 8.0]
