@@ -18,8 +18,8 @@ issue 9: the bundled model >= 0.10 above Otsu on Dice and clDice on each stack).
     python benchmarks/bench_real.py --dim-vessels                  # recall when vessels lie low on the scale
 
 Modes (the ablation of the image pyramid, ``octasim.inference``): ``single`` = the training grid only;
-``pyramid`` = the default path of ``octasim segment`` (coarser views added while the previous view
-asks for them, ``octasim.inference.needs_coarser_view``, fused as documented); ``all-views`` = every
+``pyramid`` = the default path of ``octasim segment`` (a coarser view fused only if it finds a vessel
+wider than its finer neighbour segments whole, ``octasim.inference.finds_wide_vessels``); ``all-views`` = every
 view the checkpoint allows, whether needed or not; ``max`` = all views fused by a plain maximum
 (coarse views not opened); ``unflattened`` = all views without flattening the coarse views' gain
 (``octasim.inference.local_brightness``).

@@ -32,15 +32,19 @@ Steps (sizes in um, arrays (i, j, k) with depth along k after :func:`to_depth_la
 Which views are fused: every candidate view (:func:`scan_view_sizes`) is predicted, and a coarser
 view is fused only if it finds a vessel wider than its finer neighbour segments whole, a quarter of
 that neighbour's window (:func:`finds_wide_vessels`; 32 um for the 4 um view, 64 um for the 8 um
-view). A coarse view exists for such vessels; elsewhere it only blurs: on the deep stack the 8 um
-view drew bands 40-60 um wide around bright diving vessels 20-30 um wide. Measured by the coarse view
-itself, which sees those vessels whole (the finer view labels only their walls: the 2 um view
-reported 16-45 um for synthetic vessels 60-120 um wide, and the 4 um view of weaker seeds 53 um for
-the surface stack's 50-100 um vessels, so a rule that asked the finer view would drop views the scan
-needs). Widest vessel each view finds with v3 (um): deep stack 25 (4 um) / 56 (8 um), surface stack
-108 / 120, synthetic vessels 60-120 um wide at least 54 / 78: the deep stack is segmented by the 2 um
-view alone (Dice 0.610 -> 0.662), everything else as before. When in doubt a view is fused (a blob
-wider than the threshold), which is the plain pyramid.
+view), whether that neighbour was fused or not: the 8 um view is there for vessels the 4 um view
+cannot segment whole, not for the 33-64 um bands it draws around thin bright vessels. A coarse view
+exists for such vessels; elsewhere it only blurs: on the deep stack the 8 um view drew bands 40-50 um
+wide around bright diving vessels 20-30 um wide. Measured by the coarse view itself, which sees those
+vessels whole (a finer view labels only their walls: the 2 um view reported 14-42 um for synthetic
+vessels 60-120 um wide, and the 4 um view of weaker seeds 36 um for the surface stack's 50-100 um
+vessels, so a rule that asked the finer view would drop views the scan needs). Widest vessel each
+view finds with v3 (um): deep stack 25 (4 um) / 50 (8 um), surface stack 107 / 120, synthetic vessels
+60-120 um wide at least 53 / 72: the deep stack is segmented by the 2 um view alone (Dice 0.610 ->
+0.662), everything else as before. The decision is made once per scan and view, on the view's
+probability > 0.5 (not the checkpoint's threshold): one wide vessel anywhere fuses the view over the
+whole scan, which is the plain pyramid. A weak model whose coarse view labels a wide vessel only in
+part under-reports it and loses the view (v3 seed 1: synthetic 60 um vessel recall 0.68 -> 0.28).
 
 Why a pyramid: a network labels a vessel only if its window (patch x voxel size) sees the vessel's
 walls and some tissue around it; inside a vessel wider than the window it sees a bright, textureless
@@ -196,14 +200,16 @@ def widest_vessel_um(mask: np.ndarray, voxel_um: float) -> float:
     """Width (um) of the widest vessel in a binary ``mask`` (i, j, k with depth k, isotropic voxels of
     ``voxel_um`` um) across the lateral plane: from the largest distance ``d`` (voxels) from a vessel
     voxel to the background within its slice, ``2 d - 1`` voxels (a band n voxels wide has its middle
-    voxel (n + 1) / 2 voxels from the background); 0 for an empty mask. Lateral, as the fusion's
-    opening is, because a shallow stack's view can be fewer voxels deep than its vessels are wide."""
+    voxel (n + 1) / 2 voxels from the background); 0 for an empty mask. Outside the view counts as
+    background (a vessel cut by the scan's edge is as wide as the part of it in the scan). Lateral, as
+    the fusion's opening is, because a shallow stack's view can be fewer voxels deep than its vessels
+    are wide."""
     from scipy.ndimage import distance_transform_edt
 
     widest = 0.0
     for k in range(mask.shape[2]):
         if mask[..., k].any():
-            widest = max(widest, float(distance_transform_edt(mask[..., k]).max()))
+            widest = max(widest, float(distance_transform_edt(np.pad(mask[..., k], 1)).max()))
     return max(2.0 * widest - 1.0, 0.0) * float(voxel_um)
 
 

@@ -196,6 +196,10 @@ def test_widest_vessel_is_measured_across_the_lateral_plane():
     assert widest_vessel_um(mask, 2.0) == pytest.approx(10.0)
     mask[20:35, 20:35, 4] = True                  # 15 x 15 voxels
     assert widest_vessel_um(mask, 2.0) == pytest.approx(30.0)
+    edge = np.zeros((40, 40, 1), bool)
+    edge[:5, :, 0] = True                         # 5 voxels wide along the scan's edge: outside is background
+    assert widest_vessel_um(edge, 2.0) == pytest.approx(10.0)
+    assert widest_vessel_um(np.ones((9, 40, 1), bool), 1.0) == pytest.approx(9.0)   # all vessel: the slice's width
     grid = ModelGrid(2.0, (64,) * 3, max_voxel_size_um=8.0)
     # the 8 um view is needed for vessels wider than a quarter of the 4 um view's window (64 um)
     prob = np.zeros((64, 64, 4), np.float32)
@@ -240,4 +244,11 @@ def test_a_coarse_view_is_fused_only_where_it_finds_vessels_its_finer_neighbour_
     fused = []
     np.testing.assert_array_equal(predict_probability(net, wide, spacing, grid, cpu, fused_views=fused),
                                   predict_probability(net, wide, spacing, grid, cpu, views_um=[2.0, 4.0, 8.0]))
+    assert fused == [2.0, 4.0, 8.0]
+    # 48 um: the 4 um view draws it about 60 um wide (> 32, its finer neighbour's quarter window), the 8 um
+    # view about 72 um (> 64): both fused, although neither exceeds a quarter of its own window (64, 128 um)
+    mid = np.zeros((320, 320, 10), np.float32)
+    mid[136:184] = 1.0
+    fused = []
+    predict_probability(net, mid, spacing, grid, cpu, fused_views=fused)
     assert fused == [2.0, 4.0, 8.0]
