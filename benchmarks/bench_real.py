@@ -16,6 +16,7 @@ issue 9: the bundled model >= 0.10 above Otsu on Dice and clDice on each stack).
     python benchmarks/bench_real.py --timing                       # segment time of a 512 x 512 x 25 stack
     python benchmarks/bench_real.py --wide-vessels                 # recall on synthetic r 30-60 um vessels
     python benchmarks/bench_real.py --dim-vessels                  # recall when vessels lie low on the scale
+    python benchmarks/bench_real.py --selection-score --models runs/*/last.pt   # choose among candidates
 
 Modes (the ablation of the image pyramid, ``octasim.inference``): ``single`` = the training grid only;
 ``pyramid`` = the default path of ``octasim segment`` (a coarser view fused only if it finds a vessel
@@ -181,15 +182,47 @@ def dim_vessel_recall(state: dict) -> None:
     from octasim.segment import prepare_model, segment_volume
 
     model, _ = prepare_model(state, "cpu")
-    image, label = wide_vessel_volume("two-photon", 50.0, seed=1, shape=(256, 256, 140))
-    image, label = image[:, :, 35:85:5], label[:, :, 35:85:5]
     print("\nsynthetic surface slab with a bright corner (vessel at a fraction of the scale), recall / Dice:")
-    for gain in (1.0, 0.5, 0.25):
-        scan = np.clip(image * gain, 0.0, 1.0)
-        scan[:26, :26, :] = 1.0                              # 1 % of the voxels
+    for gain in DIM_GAINS:
+        scan, label = dimmed_slab(gain)
         _, mask = segment_volume(scan, (1.0, 1.0, 5.0), state, model=model)
         s = scores(mask > 0, label)
         print(f"  gain {gain:.2f}: recall {s['recall']:.3f}, Dice {s['dice']:.3f}")
+
+
+DIM_GAINS = (1.0, 0.5, 0.25)
+
+
+def dimmed_slab(gain: float) -> tuple[np.ndarray, np.ndarray]:
+    """The slab of :func:`dim_vessel_recall` at one ``gain``: 10 slices of 5 um (1 um pixels) through a
+    two-photon surface vessel of r = 50 um, scaled by ``gain``, with a bright corner (1 % of the voxels)
+    at full scale: (image, label)."""
+    image, label = wide_vessel_volume("two-photon", 50.0, seed=1, shape=(256, 256, 140))
+    scan = np.clip(image[:, :, 35:85:5] * gain, 0.0, 1.0)
+    scan[:26, :26, :] = 1.0
+    return scan, label[:, :, 35:85:5]
+
+
+def selection_score(path: Path) -> None:
+    """The score that chooses among trained candidates without any real scan (data/models/README.md,
+    seed table): mean Dice over nine synthetic volumes, segment's default path: the two-photon and OCTA
+    vessels of r 30 / 45 / 60 um of :func:`wide_vessel_recall` and the slab of :func:`dim_vessel_recall`
+    at gain 1 / 0.5 / 0.25."""
+    from octasim.model import load_checkpoint
+    from octasim.segment import prepare_model, segment_volume
+
+    state = load_checkpoint(path)
+    model, _ = prepare_model(state, "cpu")
+    volumes = [(f"{p[:3]} r{r:.0f}", *wide_vessel_volume(p, r, seed=n), (1.0, 1.0, 1.0))
+               for p in ("two-photon", "octa") for n, r in enumerate((30.0, 45.0, 60.0))]
+    volumes += [(f"dim {g:g}", *dimmed_slab(g), (1.0, 1.0, 5.0)) for g in DIM_GAINS]
+    parts, dices = [], []
+    for name, image, label, spacing in volumes:
+        _, mask = segment_volume(image, spacing, state, model=model)
+        s = scores(mask > 0, label)
+        dices.append(s["dice"])
+        parts.append(f"{name} {s['dice']:.2f} ({s['recall']:.2f} / {s['precision']:.2f})")
+    print(f"{path}: selection score {np.mean(dices):.3f} | Dice (recall / precision): " + ", ".join(parts))
 
 
 def timing(state: dict) -> None:
@@ -223,7 +256,16 @@ def main(argv=None) -> int:
                    help="also measure recall on synthetic vessels of r 30-60 um at 1 um voxels")
     p.add_argument("--dim-vessels", action="store_true",
                    help="also measure recall on a synthetic slab whose vessel lies low on its intensity scale")
+    p.add_argument("--selection-score", action="store_true",
+                   help="only the synthetic selection score of each model (no real stack): mean Dice over the "
+                        "wide-vessel and dimmed-slab volumes")
     args = p.parse_args(argv)
+    if args.selection_score:
+        from octasim.models import bundled_model_path
+
+        for path in args.models or [bundled_model_path()]:
+            selection_score(Path(path))
+        return 0
 
     from octasim.model import load_checkpoint
     from octasim.models import bundled_model_path
