@@ -46,6 +46,7 @@ STACKS = (
 )
 MODES = ("single", "pyramid", "all-views", "max", "unflattened")
 TARGET_MARGIN = 0.10
+DIM_GAINS = (1.0, 0.5, 0.25)  #: vessel gains of the dimmed-slab check (--dim-vessels, --selection-score)
 
 
 def load_stacks(stack_dir: Path):
@@ -189,8 +190,6 @@ def dim_vessel_recall(state: dict) -> None:
         s = scores(mask > 0, label)
         print(f"  gain {gain:.2f}: recall {s['recall']:.3f}, Dice {s['dice']:.3f}")
 
-
-DIM_GAINS = (1.0, 0.5, 0.25)
 
 
 def dimmed_slab(gain: float) -> tuple[np.ndarray, np.ndarray]:

@@ -18,9 +18,10 @@ Steps (sizes in um, arrays (i, j, k) with depth along k after :func:`to_depth_la
    labelled such vessels at Dice 0.45 mirrored and 0.63 zero-padded at the 8 um view;
 5. fuse the views on the scan's grid (the coarser views that find wide vessels, below): the finest
    view gives every vessel it resolves; a coarser view adds only what it calls vessel over at least
-   ``WIDE_VESSEL_VOXELS`` (5) of its own voxels across the lateral plane (a grey-level opening with a 5 x 5 x 1 box on its grid: erosion, then
-   dilation): the inside of a wide vessel (3 voxels) with a wall voxel on each side. So it fills
-   wide vessels whose inside the fine window cannot see, but cannot widen the thin vessels it blurs:
+   ``WIDE_VESSEL_VOXELS`` (5) of its own voxels across the lateral plane (a grey-level opening with a
+   5 x 5 x 1 box on its grid: erosion, then dilation): the inside of a wide vessel (3 voxels) with a
+   wall voxel on each side. So it fills wide vessels whose inside the fine window cannot see, but
+   cannot widen the thin vessels it blurs:
    a capillary is one coarse voxel wide, and the network's probability around it spans a few.
    Lateral only, because a shallow stack is as thin as 6 voxels of the 8 um view along depth.
    Fused probability = max(finest view, opened coarser views). Measured with the instance-norm model

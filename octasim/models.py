@@ -108,7 +108,7 @@ def model_summary(state: dict[str, Any], label: str) -> str:
     lines = [f"model {card.get('name', label)} ({label}): trained {steps:,} steps{stages} in {minutes:.0f} min"
              f"{' on the fly' if state.get('on_the_fly') else ''}; grid {grid.voxel_size_um:g} um, "
              f"window {grid.patch_size[0]} voxels{scaled}; views at {views} um (coarser ones for scans at least half "
-             f"their window wide); threshold "
+             f"their window wide, fused where they find wide vessels); threshold "
              f"{float(state.get('threshold', 0.5)):.2f} ({source})"]
     if steps < BRIEF_TRAINING_STEPS and not card:  # a bundled model's card documents its evaluation
         lines.append(f"warning: this model trained only {steps:,} steps (fewer than {BRIEF_TRAINING_STEPS:,}); "
