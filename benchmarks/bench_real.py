@@ -20,7 +20,8 @@ issue 9: the bundled model >= 0.10 above Otsu on Dice and clDice on each stack).
 
 Modes (the ablation of the image pyramid, ``octasim.inference``): ``single`` = the training grid only;
 ``pyramid`` = the default path of ``octasim segment`` (a coarser view fused only if it finds a vessel
-wider than its finer neighbour segments whole, ``octasim.inference.finds_wide_vessels``); ``all-views`` = every
+wider than its finer neighbour segments whole, ``octasim.inference.finds_wide_vessels``, each window
+averaged over its four lateral flips); ``no-tta`` = the default path without the flips; ``all-views`` = every
 view the checkpoint allows, whether needed or not; ``max`` = all views fused by a plain maximum
 (coarse views not opened); ``unflattened`` = all views without flattening the coarse views' gain
 (``octasim.inference.local_brightness``).
@@ -44,7 +45,7 @@ STACKS = (
     ("burgess2014 (surface, 50-100 um vessels)", "burgess2014_noisySparseVessels_BM4D_denoised.tif",
      "burgess2014_noisySparseVessels_labels_v1.tif"),
 )
-MODES = ("single", "pyramid", "all-views", "max", "unflattened")
+MODES = ("single", "pyramid", "no-tta", "all-views", "max", "unflattened")
 TARGET_MARGIN = 0.10
 DIM_GAINS = (1.0, 0.5, 0.25)  #: vessel gains of the dimmed-slab check (--dim-vessels, --selection-score)
 
@@ -84,6 +85,8 @@ def predict(state: dict, model, image: np.ndarray, mode: str) -> np.ndarray:
         return predict_probability(model, image, SPACING_UM, grid, dev, views_um=views[:1])
     if mode == "pyramid":
         return predict_probability(model, image, SPACING_UM, grid, dev)
+    if mode == "no-tta":
+        return predict_probability(model, image, SPACING_UM, grid, dev, tta=False)
     if mode == "all-views":
         return predict_probability(model, image, SPACING_UM, grid, dev, views_um=views)
     if mode == "unflattened":

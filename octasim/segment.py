@@ -63,7 +63,7 @@ def prepare_model(state: dict[str, Any], device: str = "auto"):
 
 
 def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[str, Any], device: str = "auto",
-                   overlap: float = 0.5, threshold: float | None = None, sw_batch_size: int = 4, tta: bool = False,
+                   overlap: float = 0.5, threshold: float | None = None, sw_batch_size: int = 4, tta: bool = True,
                    depth_axis: str = "k", min_component_um3: float = 0.0, model=None,
                    views_um: Sequence[float] | None = None,
                    fused_views: list[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +74,7 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
     ``spacing_um`` (um per voxel along i, j, k; may be anisotropic) to each view of the image pyramid
     (``views_um``, default: the checkpoint's training grid and coarser views for wide vessels),
     sliding-window inference (``overlap`` as a fraction of the window, ``sw_batch_size`` windows per
-    forward pass, float16 autocast on CUDA, fp32 on CPU, ``tta``: average over lateral flips), fusion
+    forward pass, float16 autocast on CUDA, fp32 on CPU, ``tta``: average over the four lateral flips, default on), fusion
     of the views, resampling back. Then the threshold (default: the checkpoint's, else 0.5) and
     optional removal of 26-connected components smaller than ``min_component_um3`` um^3.
     ``model`` (from :func:`prepare_model`) avoids rebuilding the network for every volume.
@@ -199,7 +199,7 @@ def input_volumes(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path]]
 
 def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str | Path | dict | None = None,
                   method: str = "unet", threshold: float | None = None, overlap: float = 0.5,
-                  sw_batch_size: int = 4, tta: bool = False, min_component_um3: float = 0.0,
+                  sw_batch_size: int = 4, tta: bool = True, min_component_um3: float = 0.0,
                   depth_axis: str = "k", device: str = "auto", voxel_size_um: Sequence[float] | None = None,
                   sigmas_um: Sequence[float] = DEFAULT_FRANGI_SIGMAS_UM, progress: bool | None = None,
                   views_um: Sequence[float] | None = None, overwrite: bool = False, channel: int | None = None,

@@ -39,7 +39,7 @@ A failing input is reported and the others are still segmented; the exit status 
 examples:
   octasim segment scan.nii.gz --out seg/                 # the bundled model
   octasim segment scans/ --model runs/default/best.pt --out seg/
-  octasim segment scan.nii.gz --model runs/default/best.pt --out seg/ --tta --min-component-um3 500
+  octasim segment scan.nii.gz --model runs/default/best.pt --out seg/ --no-tta --min-component-um3 500
   octasim segment stack.nii.gz --method otsu --out seg_otsu/ --voxel-size 0.994 0.994 5
   octasim segment stack.tif --out seg/                   # Fiji / OME-TIFF: voxel size from the file
   octasim segment stack.tif --out seg/ --voxel-size 0.994 0.994 5 --channel 1 --output-format nifti
@@ -65,9 +65,11 @@ def register(subparsers) -> None:
     p.add_argument("--overlap", type=float, default=0.5,
                    help="sliding-window overlap, fraction of the window (0 <= overlap < 1)")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (GPU memory / speed)")
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: average over flips along the two lateral axes (4x slower; "
-                        "depth is never flipped)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="test-time augmentation: average every window over the four flips of the two lateral "
+                        "axes (default: on; depth is never flipped). --no-tta is 3.5-5x faster and "
+                        "scores slightly lower (bundled model: Dice 0.665 -> 0.662 on the deep real stack, "
+                        "0.787 -> 0.782 on the surface one)")
     p.add_argument("--min-component-um3", type=float, default=0.0,
                    help="remove connected vessel components smaller than this volume (um^3); 0 keeps all")
     p.add_argument("--depth-axis", choices=("i", "j", "k"), default="k",

@@ -48,12 +48,23 @@ def test_unet_with_all_options(tmp_path, ckpt):
     scan(tmp_path / "in" / "b.nii", shape=(30, 20, 6), spacing_mm=(0.001, 0.001, 0.005))
     out = tmp_path / "seg"
     rc = main(["segment", str(tmp_path / "in"), "--model", str(ckpt), "--out", str(out), "--device", "cpu",
-               "--threshold", "0.4", "--overlap", "0.25", "--batch-size", "2", "--tta", "--min-component-um3", "16",
+               "--threshold", "0.4", "--overlap", "0.25", "--batch-size", "2", "--no-tta", "--min-component-um3", "16",
                "--depth-axis", "k"])
     assert rc == 0
     b = nib.load(str(out / "b_prob.nii.gz"))
     assert b.shape == (30, 20, 6) and np.allclose(b.header.get_zooms(), (0.001, 0.001, 0.005))
     assert sorted(p.name for p in out.glob("*.png")) == ["a_qc.png", "b_qc.png"]
+
+
+@pytest.mark.parametrize("flag, expected", [([], True), (["--no-tta"], False), (["--tta"], True)])
+def test_lateral_flips_are_on_unless_turned_off(tmp_path, ckpt, monkeypatch, flag, expected):
+    import octasim.segment
+
+    seen = {}
+    monkeypatch.setattr(octasim.segment, "segment_files", lambda *a, **kw: seen.update(kw) or [])
+    src, _ = scan(tmp_path / "vol.nii.gz")
+    main(["segment", str(src), "--model", str(ckpt), "--out", str(tmp_path / "seg"), *flag])
+    assert seen["tta"] is expected
 
 
 def test_voxel_size_override_and_depth_axis(tmp_path, ckpt):

@@ -86,15 +86,19 @@ def test_depth_axis_option_matches_transposed_input():
     np.testing.assert_allclose(prob_i, np.moveaxis(prob_k, 2, 0), atol=1e-5)
 
 
-def test_tta_is_equivariant_to_lateral_flips():
+def test_tta_is_the_default_and_equivariant_to_lateral_flips():
     state = tiny_state()
     img, _ = tube_volume((32, 32, 32), seed=3)
     img = img + np.linspace(0, 0.3, 32)[:, None, None]  # break symmetry
-    plain, _ = segment_volume(img, (2.0, 2.0, 2.0), state, device="cpu")
-    prob, _ = segment_volume(img, (2.0, 2.0, 2.0), state, device="cpu", tta=True)
-    prob_flipped, _ = segment_volume(img[::-1], (2.0, 2.0, 2.0), state, device="cpu", tta=True)
+    plain, _ = segment_volume(img, (2.0, 2.0, 2.0), state, device="cpu", tta=False)
+    prob, _ = segment_volume(img, (2.0, 2.0, 2.0), state, device="cpu")
+    prob_flipped, _ = segment_volume(img[::-1], (2.0, 2.0, 2.0), state, device="cpu")
+    prob_j_flipped, _ = segment_volume(img[:, ::-1], (2.0, 2.0, 2.0), state, device="cpu")
     assert prob.shape == img.shape and not np.allclose(prob, plain, atol=1e-4)
     np.testing.assert_allclose(prob_flipped[::-1], prob, atol=1e-5)  # windows are symmetric for 32 / 16
+    np.testing.assert_allclose(prob_j_flipped[:, ::-1], prob, atol=1e-5)
+    plain_flipped, _ = segment_volume(img[::-1], (2.0, 2.0, 2.0), state, device="cpu", tta=False)
+    assert not np.allclose(plain_flipped[::-1], plain, atol=1e-4)  # the network alone is not
 
 
 def test_remove_small_components_uses_physical_volume():

@@ -44,13 +44,13 @@ def model_grid(cfg: TrainConfig, voxel_size_um: float, on_the_fly: bool,
 
 
 def _probabilities(model: torch.nn.Module, volumes: Sequence[tuple], cfg: TrainConfig,
-                   device: torch.device, grid: ModelGrid):
+                   device: torch.device, grid: ModelGrid, tta: bool = True):
     """Vessel probability of each held-out volume through the inference path of ``octasim segment``.
     A volume is (image, label) on the training grid or (image, label, voxel size in um) for a real scan."""
     for image, label, *spacing in volumes:
         spacing = spacing[0] if spacing else (grid.voxel_size_um,) * 3
         yield predict_probability(model, image, spacing, grid, device, overlap=cfg.val_overlap,
-                                  sw_batch_size=cfg.batch_size), label
+                                  sw_batch_size=cfg.batch_size, tta=tta), label
 
 
 def calibrate_threshold(model: torch.nn.Module, volumes: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -79,7 +79,10 @@ def calibrate_threshold(model: torch.nn.Module, volumes: Sequence[tuple[np.ndarr
 def validate(model: torch.nn.Module, volumes: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConfig,
              device: torch.device, grid: ModelGrid | None = None) -> float:
     """Mean Dice over held-out volumes at ``cfg.threshold``, predicted as ``octasim segment`` predicts
-    (see :func:`calibrate_threshold` for ``grid``); the model's train / eval mode is kept."""
+    (see :func:`calibrate_threshold` for ``grid``), except for the lateral flips (``tta``): validation
+    runs every ``val_every`` steps to rank one run's checkpoints, and the flips would quadruple its
+    time; the threshold calibration, run once, uses them as ``segment`` does. The model's train /
+    eval mode is kept."""
     grid = grid or model_grid(cfg, DEFAULT_VOXEL_SIZE_UM, False)
     return float(np.mean([dice(prob > cfg.threshold, label)
-                          for prob, label in _probabilities(model, volumes, cfg, device, grid)]))
+                          for prob, label in _probabilities(model, volumes, cfg, device, grid, tta=False)]))
