@@ -228,7 +228,8 @@ def selection_score(path: Path) -> None:
 
 
 def timing(state: dict) -> None:
-    """Seconds to segment a 512 x 512 x 25 stack at 1 x 1 x 5 um, single view and the whole pyramid."""
+    """Seconds to segment a 512 x 512 x 25 stack at 1 x 1 x 5 um, single view and the whole pyramid, with
+    the lateral flips (segment's default) and without."""
     import torch
 
     from octasim.inference import ModelGrid, pyramid_voxel_sizes
@@ -240,10 +241,12 @@ def timing(state: dict) -> None:
     views = pyramid_voxel_sizes(ModelGrid.from_checkpoint(state))
     segment_volume(stack[:64, :64], (1.0, 1.0, 5.0), state, model=model)  # warm-up (oneDNN kernels)
     print(f"\nsegment 512 x 512 x 25 at 1 x 1 x 5 um on {torch.get_num_threads()} CPU threads:")
-    for label, v in (("single view", views[:1]), (f"pyramid {views} um", views)):
-        t = time.perf_counter()
-        segment_volume(stack, (1.0, 1.0, 5.0), state, model=model, views_um=v)
-        print(f"  {label}: {time.perf_counter() - t:.1f} s (target for the pyramid: <= 30 s)")
+    for tta in (True, False):
+        for label, v in (("single view", views[:1]), (f"pyramid {views} um", views)):
+            t = time.perf_counter()
+            segment_volume(stack, (1.0, 1.0, 5.0), state, model=model, views_um=v, tta=tta)
+            print(f"  {label}, {'lateral flips' if tta else 'no flips'}: {time.perf_counter() - t:.1f} s "
+                  "(target for the pyramid: <= 30 s)")
 
 
 def main(argv=None) -> int:

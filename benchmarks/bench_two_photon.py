@@ -174,7 +174,8 @@ def main() -> int:
                          "(labels drawn on the simulated scanner grid, as people label 5-um-slice stacks)")
     ap.add_argument("--voxel-size", type=float, default=None,
                     help="recipe option: nominal training voxel size, um (default: the mixed config's 1.5)")
-    ap.add_argument("--tta", action="store_true", help="segment with test-time augmentation (lateral flips)")
+    ap.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                    help="segment with test-time augmentation (lateral flips; segment's default)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 1 minute per model, 96^3 volumes, one validation volume")
     ap.add_argument("--workdir", type=Path, default=None, help="keep runs and outputs here (default: a temp dir)")
@@ -256,7 +257,7 @@ def main() -> int:
             trained = int(load_checkpoint(run_dir / "last.pt").get("step", 0))
             t = time.perf_counter()
             cli(["segment", image_path, "--model", run_dir / "best.pt", "--out", seg, "--device", "cpu"]
-                + (["--tta"] if args.tta else []))
+                + (["--tta"] if args.tta else ["--no-tta"]))
             info[method] = {"train_s": train_s, "steps": trained, "best_step": int(best.get("step", 0)),
                             "planned": steps,
                             "threshold": float(best.get("threshold", 0.5)),
@@ -278,7 +279,7 @@ def main() -> int:
           + (f", --label-occupancy {args.label_occupancy:g}" if args.label_occupancy is not None else "")
           + (f", --voxel-size {args.voxel_size:g}" if args.voxel_size is not None else "")
           + (", --exact-labels" if args.exact_labels else "")
-          + (", TTA" if args.tta else ""))
+          + (", lateral flips" if args.tta else ", no flips"))
     head = f"{'method':<15} {'steps':>6} {'best':>5} {'min':>5} {'thr':>5} {'valDice':>7} {'Dice':>7} {'clDice':>7} {'prec':>7} " \
            f"{'recall':>7} {'dDice':>7} {'dclDice':>8}"
     print(head)

@@ -16,7 +16,7 @@ Steps (sizes in um, arrays (i, j, k) with depth along k after :func:`to_depth_la
    along which tails and attenuation point one way). Measured with v3: deep stack Dice 0.662 ->
    0.665, surface stack 0.782 -> 0.787, synthetic selection score 0.737 -> 0.744, no volume of it
    lower by more than 0.001; adding the lateral transposes (8 transforms) gave 0.664 / 0.787. It
-   costs 3.5-5x the time (a 512 x 512 x 25 stack on 2 CPU cores: 4 s -> 14-18 s). A view shallower
+   costs 3.5-5x the time (a 512 x 512 x 25 stack on 2 CPU cores: 4.6 s -> 17.4 s). A view shallower
    than the window (10-25 slices of 5 um are common in two-photon stacks) is padded with 0, i.e. dark: no signal and
    no vessel outside the imaged slab, which is how training shows such slabs (``RandDepthSlabd``).
    Mirroring instead would extend every surface vessel crossing a thin slab into a bright wall the
@@ -150,8 +150,20 @@ def scan_view_sizes(grid: ModelGrid, shape_depth_last: Sequence[int], spacing_um
     return pyramid_voxel_sizes(grid, extent_um=extent_um)
 
 
-def _window_predictor(model, tta: bool, device):
-    """Window batch (N, 1, i, j, k) -> vessel probability, float32; TTA averages lateral flips."""
+def window_count(shape: Sequence[int], patch_size: Sequence[int], overlap: float) -> int:
+    """How many windows MONAI's sliding window visits in a view of ``shape`` (voxels): a view smaller
+    than the window along an axis is padded to it (one window there), else windows start every
+    ``int(window * (1 - overlap))`` voxels and the last one ends at the view's edge."""
+    from monai.data.utils import dense_patch_slices
+
+    size = [max(int(n), int(p)) for n, p in zip(shape, patch_size)]
+    step = [int(p) if n == int(p) else max(int(int(p) * (1.0 - overlap)), 1) for n, p in zip(size, patch_size)]
+    return len(dense_patch_slices(size, [int(p) for p in patch_size], step))
+
+
+def _window_predictor(model, tta: bool, device, progress=None):
+    """Window batch (N, 1, i, j, k) -> vessel probability, float32; TTA averages lateral flips.
+    ``progress``: a tqdm-like bar whose ``update`` receives the windows done."""
     import torch
 
     channels_last = device.type == "cpu"  # oneDNN's 3D convolutions are faster in NDHWC on CPU
@@ -159,6 +171,8 @@ def _window_predictor(model, tta: bool, device):
 
     def predict(x):
         n = x.shape[0]
+        if progress is not None:
+            progress.update(n)
         batch = torch.cat([x.flip(f) if f else x for f in flips]) if tta else x
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last_3d)
@@ -174,10 +188,11 @@ def _window_predictor(model, tta: bool, device):
 
 
 def predict_view(model, image: np.ndarray, patch_size: Sequence[int], device, overlap: float = 0.5,
-                 sw_batch_size: int = 4, tta: bool = True) -> np.ndarray:
+                 sw_batch_size: int = 4, tta: bool = True, progress=None) -> np.ndarray:
     """Vessel probability of one view (already on the network's grid), float32, same shape: MONAI
     sliding window with Gaussian blending; a view smaller than the window is padded with 0 (see the
-    module's docstring) and the padding cut off again."""
+    module's docstring) and the padding cut off again. ``progress``: a tqdm-like bar advanced by the
+    windows done (:func:`window_count` of them)."""
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -187,7 +202,7 @@ def predict_view(model, image: np.ndarray, patch_size: Sequence[int], device, ov
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
             prob = sliding_window_inference(x, tuple(int(s) for s in patch_size), sw_batch_size,
-                                            _window_predictor(model, tta, device), overlap=overlap,
+                                            _window_predictor(model, tta, device, progress), overlap=overlap,
                                             mode="gaussian", sw_device=device, device=device)
             prob = prob[0, 0].float().cpu().numpy()
     finally:
@@ -305,7 +320,7 @@ def fills_window(view_shape: Sequence[int], patch_size: Sequence[int]) -> bool:
 def predict_probability(model, volume: np.ndarray, spacing_um: Sequence[float], grid: ModelGrid, device,
                         overlap: float = 0.5, sw_batch_size: int = 4, tta: bool = True, depth_axis: str = "k",
                         views_um: Sequence[float] | None = None, fusion: str = "wide",
-                        flatten: bool = True, fused_views: list[float] | None = None) -> np.ndarray:
+                        flatten: bool = True, fused_views: list[float] | None = None, progress=None) -> np.ndarray:
     """Vessel probability (float32 in [0, 1], the scan's shape) of a 3D scan: the steps of this module.
 
     ``spacing_um``: voxel size along the array axes (um). ``views_um``: voxel sizes (um) of the
@@ -315,7 +330,8 @@ def predict_probability(model, volume: np.ndarray, spacing_um: Sequence[float], 
     (a plain maximum over the views; for the ablation in ``benchmarks/bench_real.py``). ``flatten``:
     coarse views divided by the finest view's local brightness first (:func:`local_brightness`; off
     for the ablation). ``tta``: average each window over the four flips of its lateral axes (step 4).
-    ``fused_views``: a list that receives the voxel sizes (um) of the views fused.
+    ``fused_views``: a list that receives the voxel sizes (um) of the views fused. ``progress``: a
+    tqdm-like bar; its ``total`` is set to the windows of every view and ``update`` receives those done.
     """
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
@@ -324,9 +340,13 @@ def predict_probability(model, volume: np.ndarray, spacing_um: Sequence[float], 
     views = list(scan_view_sizes(grid, image.shape, spacing) if views_um is None else views_um)
     if not views or any(not np.isfinite(v) or v <= 0 for v in views):
         raise ValueError(f"view voxel sizes must be positive numbers (um), got {views_um}")
+    if progress is not None:
+        progress.total = sum(window_count(resampled_shape(image.shape, spacing, v), grid.patch_size, overlap)
+                             for v in views)
+        progress.refresh()
     fused = None
     for n, net_in in enumerate(network_views(image, spacing, views, grid, flatten)):
-        prob = predict_view(model, net_in, grid.patch_size, device, overlap, sw_batch_size, tta)
+        prob = predict_view(model, net_in, grid.patch_size, device, overlap, sw_batch_size, tta, progress)
         if n > 0 and views_um is None and not finds_wide_vessels(prob, views[n], views[n - 1], grid):
             continue
         if n > 0 and fusion == "wide":

@@ -65,20 +65,21 @@ def prepare_model(state: dict[str, Any], device: str = "auto"):
 def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[str, Any], device: str = "auto",
                    overlap: float = 0.5, threshold: float | None = None, sw_batch_size: int = 4, tta: bool = True,
                    depth_axis: str = "k", min_component_um3: float = 0.0, model=None,
-                   views_um: Sequence[float] | None = None,
-                   fused_views: list[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   views_um: Sequence[float] | None = None, fused_views: list[float] | None = None,
+                   progress=None) -> tuple[np.ndarray, np.ndarray]:
     """U-Net vessel probability and mask for a 3D scan, both with the scan's shape.
 
-    The probability comes from :func:`octasim.inference.predict_probability` (the path validation and
-    threshold calibration use too): percentile scaling, depth axis moved to k, resampling from
+    The probability comes from :func:`octasim.inference.predict_probability` (the path threshold
+    calibration uses too, and validation without the flips): percentile scaling, depth axis moved to k, resampling from
     ``spacing_um`` (um per voxel along i, j, k; may be anisotropic) to each view of the image pyramid
     (``views_um``, default: the checkpoint's training grid and coarser views for wide vessels),
     sliding-window inference (``overlap`` as a fraction of the window, ``sw_batch_size`` windows per
-    forward pass, float16 autocast on CUDA, fp32 on CPU, ``tta``: average over the four lateral flips, default on), fusion
-    of the views, resampling back. Then the threshold (default: the checkpoint's, else 0.5) and
+    forward pass, float16 autocast on CUDA, fp32 on CPU, ``tta``: average over the four lateral
+    flips, default on), fusion of the views, resampling back. Then the threshold (default: the checkpoint's, else 0.5) and
     optional removal of 26-connected components smaller than ``min_component_um3`` um^3.
     ``model`` (from :func:`prepare_model`) avoids rebuilding the network for every volume.
-    ``fused_views``: a list that receives the voxel sizes (um) of the views fused.
+    ``fused_views``: a list that receives the voxel sizes (um) of the views fused. ``progress``: a
+    tqdm-like bar advanced window by window (its total is set to the windows of every view).
     Returns (probability float32 in [0, 1], mask uint8 in {0, 1}).
     """
     from octasim.inference import ModelGrid, predict_probability
@@ -97,7 +98,7 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
     threshold = float(state.get("threshold", 0.5) if threshold is None else threshold)
     prob = predict_probability(model, volume, spacing, ModelGrid.from_checkpoint(state), dev, overlap=overlap,
                                sw_batch_size=sw_batch_size, tta=tta, depth_axis=depth_axis, views_um=views_um,
-                               fused_views=fused_views)
+                               fused_views=fused_views, progress=progress)
     mask = remove_small_components(prob > threshold, spacing, min_component_um3)
     return prob, mask
 
@@ -280,10 +281,12 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
             res.spacing_um, res.shape = tuple(float(v) for v in spacing), tuple(vol.data.shape)
             if method == "unet":
                 fused: list[float] = []
-                prob, mask = segment_volume(vol.data, spacing, state, overlap=overlap, threshold=threshold,
-                                            sw_batch_size=sw_batch_size, tta=tta, depth_axis=depth_axis,
-                                            min_component_um3=min_component_um3, model=net, views_um=views_um,
-                                            fused_views=fused)
+                # a second bar for the windows of this scan: one large scan can take minutes on a CPU
+                with tqdm(desc=f"  {path.name}", unit="window", leave=False, disable=bar.disable) as windows:
+                    prob, mask = segment_volume(vol.data, spacing, state, overlap=overlap, threshold=threshold,
+                                                sw_batch_size=sw_batch_size, tta=tta, depth_axis=depth_axis,
+                                                min_component_um3=min_component_um3, model=net,
+                                                views_um=views_um, fused_views=fused, progress=windows)
                 res.views_um = tuple(fused)
             elif method == "otsu":
                 prob, mask = otsu_segment(vol.data, spacing, threshold, _clip_percentiles(state), min_component_um3)

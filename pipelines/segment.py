@@ -67,7 +67,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (GPU memory / speed)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="test-time augmentation: average every window over the four flips of the two lateral "
-                        "axes (default: on; depth is never flipped). --no-tta is 3.5-5x faster and "
+                        "axes (depth is never flipped). --no-tta is 3.5-5x faster and "
                         "scores slightly lower (bundled model: Dice 0.665 -> 0.662 on the deep real stack, "
                         "0.787 -> 0.782 on the surface one)")
     p.add_argument("--min-component-um3", type=float, default=0.0,

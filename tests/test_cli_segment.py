@@ -63,7 +63,7 @@ def test_lateral_flips_are_on_unless_turned_off(tmp_path, ckpt, monkeypatch, fla
     seen = {}
     monkeypatch.setattr(octasim.segment, "segment_files", lambda *a, **kw: seen.update(kw) or [])
     src, _ = scan(tmp_path / "vol.nii.gz")
-    main(["segment", str(src), "--model", str(ckpt), "--out", str(tmp_path / "seg"), *flag])
+    assert main(["segment", str(src), "--model", str(ckpt), "--out", str(tmp_path / "seg"), *flag]) == 0
     assert seen["tta"] is expected
 
 

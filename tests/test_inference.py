@@ -252,3 +252,35 @@ def test_a_coarse_view_is_fused_only_where_it_finds_vessels_its_finer_neighbour_
     fused = []
     predict_probability(net, mid, spacing, grid, cpu, fused_views=fused)
     assert fused == [2.0, 4.0, 8.0]
+
+
+class _Counter:
+    """A tqdm-like bar that records what it is told."""
+
+    def __init__(self):
+        self.total, self.n, self.refreshed = None, 0, 0
+
+    def update(self, n):
+        self.n += n
+
+    def refresh(self):
+        self.refreshed += 1
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_progress_counts_every_window_of_every_view(tta):
+    """The bar's total is the windows of all views (counted before any is predicted) and every window
+    advances it once, flips or not; views smaller than the window along an axis count one window there."""
+    from octasim.inference import window_count
+
+    rng = np.random.default_rng(0)
+    volume = rng.random((72, 40, 6)).astype(np.float32)
+    grid = ModelGrid(2.0, (16,) * 3, max_voxel_size_um=8.0)
+    bar = _Counter()
+    predict_probability(ProbIsImage(), volume, (1.0, 1.0, 5.0), grid, torch.device("cpu"), tta=tta,
+                        views_um=[2.0, 4.0, 8.0], sw_batch_size=3, progress=bar)
+    assert bar.total == bar.n and bar.refreshed == 1
+    # 2 um view: 36 x 20 x 15 voxels -> 4 x 2 x 1 windows (step 8); 4 um: 18 x 10 x 8 -> 2 x 1 x 1; 8 um: 1
+    assert bar.n == 8 + 2 + 1
+    assert window_count((16, 16, 16), (16,) * 3, 0.5) == 1 and window_count((17, 5, 16), (16,) * 3, 0.5) == 2
+    assert window_count((100, 16, 16), (16,) * 3, 0.25) == 8  # starts 0, 12, ..., 84

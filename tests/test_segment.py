@@ -99,6 +99,14 @@ def test_tta_is_the_default_and_equivariant_to_lateral_flips():
     np.testing.assert_allclose(prob_j_flipped[:, ::-1], prob, atol=1e-5)
     plain_flipped, _ = segment_volume(img[::-1], (2.0, 2.0, 2.0), state, device="cpu", tta=False)
     assert not np.allclose(plain_flipped[::-1], plain, atol=1e-4)  # the network alone is not
+    prob_k_flipped, _ = segment_volume(img[:, :, ::-1], (2.0, 2.0, 2.0), state, device="cpu")
+    assert not np.allclose(prob_k_flipped[:, :, ::-1], prob, atol=1e-4)  # depth is never flipped
+    from octasim.inference import ModelGrid, predict_probability
+    from octasim.segment import prepare_model
+
+    model, dev = prepare_model(state, "cpu")
+    direct = predict_probability(model, img, (2.0, 2.0, 2.0), ModelGrid.from_checkpoint(state), dev)
+    np.testing.assert_allclose(direct, prob, atol=1e-6)  # the library's default is segment's
 
 
 def test_remove_small_components_uses_physical_volume():

@@ -472,3 +472,31 @@ def test_init_starts_from_a_trained_model_and_checks_its_network(dataset, tmp_pa
     other = tiny(steps=1, calibrate_threshold=False, model={"channels": [4, 8, 16], "strides": [2, 2]})
     with pytest.raises(TrainError, match="differs from the config's model"):
         train(other, [dataset], tmp_path / "c", device="cpu", progress=False, init=tmp_path / "a" / "last.pt")
+
+
+class _ShiftedAlongI(_ProbIsImage):
+    """Probability = the input moved 2 voxels along i: a 'network' that lateral flips change."""
+
+    def forward(self, x):
+        return super().forward(torch.roll(x, 2, dims=2))
+
+
+def test_calibration_averages_lateral_flips_and_validation_does_not():
+    """Calibration predicts as segment does by default (four lateral flips); validation, run every few
+    hundred steps, skips them and sees segment's ``tta=False`` probability."""
+    from octasim.inference import ModelGrid
+    from octasim.metrics import dice
+    from octasim.segment import segment_volume
+    from octasim.train.trainer import calibrate_threshold
+    from octasim.train.validation import validate
+    image, label = _graded_volume()
+    model, cfg = _ShiftedAlongI(), tiny()
+    grid = ModelGrid(2.0, (cfg.patch_size,) * 3)
+    state = {"voxel_size_um": 2.0, "patch_size": cfg.patch_size, "threshold": 0.5}
+    flips, _ = segment_volume(image, (2.0, 2.0, 2.0), state, model=model, overlap=cfg.val_overlap)
+    plain, _ = segment_volume(image, (2.0, 2.0, 2.0), state, model=model, overlap=cfg.val_overlap, tta=False)
+    cal = calibrate_threshold(model, [(image, label)], cfg, torch.device("cpu"), grid)
+    assert cal["mean_dice"] == pytest.approx([dice(flips > t, label) for t in cal["grid"]], abs=1e-6)
+    val = validate(model, [(image, label)], cfg, torch.device("cpu"), grid)
+    assert val == pytest.approx(dice(plain > cfg.threshold, label), abs=1e-6)
+    assert dice(plain > cfg.threshold, label) != pytest.approx(dice(flips > cfg.threshold, label), abs=1e-3)
