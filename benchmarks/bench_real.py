@@ -135,7 +135,7 @@ def print_margins(rows: list[dict]) -> None:
         for r in (r for r in rows if r["method"] == m):
             dd, dc = r["dice"] - otsu[r["stack"]]["dice"], r["cldice"] - otsu[r["stack"]]["cldice"]
             ok &= dd >= TARGET_MARGIN and dc >= TARGET_MARGIN
-            parts.append(f"{r['stack'].split()[0]} {dd:+.3f} / {dc:+.3f}")
+            parts.append(f"{r['stack'].split()[0]} {dd:+.4f} / {dc:+.4f}")  # 4 decimals: +0.0997 is not +0.10
         print(f"  {m}: {'; '.join(parts)}  -> {'met' if ok else 'not met'}")
 
 

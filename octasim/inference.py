@@ -171,18 +171,18 @@ def _window_predictor(model, tta: bool, device, progress=None):
 
     def predict(x):
         n = x.shape[0]
-        if progress is not None:
-            progress.update(n)
         batch = torch.cat([x.flip(f) if f else x for f in flips]) if tta else x
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
             logits = model(batch)
         prob = torch.sigmoid(logits.float()).contiguous()
-        if not tta:
-            return prob
-        parts = prob.split(n)
-        return sum(p.flip(f) if f else p for p, f in zip(parts, flips)) / len(flips)
+        if tta:
+            parts = prob.split(n)
+            prob = sum(p.flip(f) if f else p for p, f in zip(parts, flips)) / len(flips)
+        if progress is not None:
+            progress.update(n)  # windows done (not 4x with flips)
+        return prob
 
     return predict
 
@@ -331,7 +331,7 @@ def predict_probability(model, volume: np.ndarray, spacing_um: Sequence[float], 
     coarse views divided by the finest view's local brightness first (:func:`local_brightness`; off
     for the ablation). ``tta``: average each window over the four flips of its lateral axes (step 4).
     ``fused_views``: a list that receives the voxel sizes (um) of the views fused. ``progress``: a
-    tqdm-like bar; its ``total`` is set to the windows of every view and ``update`` receives those done.
+    tqdm-like bar, ``reset`` to the windows of every view, whose ``update`` receives those done.
     """
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
@@ -340,10 +340,9 @@ def predict_probability(model, volume: np.ndarray, spacing_um: Sequence[float], 
     views = list(scan_view_sizes(grid, image.shape, spacing) if views_um is None else views_um)
     if not views or any(not np.isfinite(v) or v <= 0 for v in views):
         raise ValueError(f"view voxel sizes must be positive numbers (um), got {views_um}")
-    if progress is not None:
-        progress.total = sum(window_count(resampled_shape(image.shape, spacing, v), grid.patch_size, overlap)
-                             for v in views)
-        progress.refresh()
+    if progress is not None:  # reset, not total =: a notebook bar takes its new length only from reset
+        progress.reset(total=sum(window_count(resampled_shape(image.shape, spacing, v), grid.patch_size, overlap)
+                                 for v in views))
     fused = None
     for n, net_in in enumerate(network_views(image, spacing, views, grid, flatten)):
         prob = predict_view(model, net_in, grid.patch_size, device, overlap, sw_batch_size, tta, progress)

@@ -79,7 +79,7 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
     optional removal of 26-connected components smaller than ``min_component_um3`` um^3.
     ``model`` (from :func:`prepare_model`) avoids rebuilding the network for every volume.
     ``fused_views``: a list that receives the voxel sizes (um) of the views fused. ``progress``: a
-    tqdm-like bar advanced window by window (its total is set to the windows of every view).
+    tqdm-like bar, reset to the windows of every view and advanced as they are done.
     Returns (probability float32 in [0, 1], mask uint8 in {0, 1}).
     """
     from octasim.inference import ModelGrid, predict_probability
