@@ -134,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
         if views == "single":
             views = [ModelGrid.from_checkpoint(model).voxel_size_um]
         print(model_summary(model, str(path)))
+        print("lateral flips on: every window averaged over its four mirror images (--no-tta: 3.5-5x faster)"
+              if args.tta else "lateral flips off (--no-tta)")
         if args.threshold is not None:
             print(f"threshold {args.threshold:.2f} (--threshold)")
     results = segment_files(args.inputs, args.out, model=model, method=args.method, threshold=args.threshold,

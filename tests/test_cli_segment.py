@@ -57,7 +57,7 @@ def test_unet_with_all_options(tmp_path, ckpt):
 
 
 @pytest.mark.parametrize("flag, expected", [([], True), (["--no-tta"], False), (["--tta"], True)])
-def test_lateral_flips_are_on_unless_turned_off(tmp_path, ckpt, monkeypatch, flag, expected):
+def test_lateral_flips_are_on_unless_turned_off(tmp_path, ckpt, monkeypatch, capsys, flag, expected):
     import octasim.segment
 
     seen = {}
@@ -65,6 +65,7 @@ def test_lateral_flips_are_on_unless_turned_off(tmp_path, ckpt, monkeypatch, fla
     src, _ = scan(tmp_path / "vol.nii.gz")
     assert main(["segment", str(src), "--model", str(ckpt), "--out", str(tmp_path / "seg"), *flag]) == 0
     assert seen["tta"] is expected
+    assert f"lateral flips {'on' if expected else 'off'}" in capsys.readouterr().out
 
 
 def test_voxel_size_override_and_depth_axis(tmp_path, ckpt):

@@ -105,6 +105,7 @@ def test_segment_without_model_uses_the_bundled_one_and_says_so(tmp_path, capsys
     out = capsys.readouterr().out
     assert f"model {DEFAULT_MODEL}" in out and "views at" in out and "threshold" in out
     assert "views 2 um)" in out   # a 64 um scan: the training grid alone (coarser windows would be mostly padding)
+    assert "lateral flips on" in out  # the default, said so
     mask = nib.load(str(tmp_path / "seg" / "scan_mask.nii.gz")).get_fdata()
     assert mask.shape == image.shape and mask[10:14, :, 6:10].mean() > 0.5 and mask[20:, :, :].mean() < 0.1
 
