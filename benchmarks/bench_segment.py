@@ -70,7 +70,8 @@ def main() -> None:
     # without the lateral flips: the same work as the plain MONAI loop below (``--tta`` times them too)
     ours = best_of(lambda: segment_volume(volume, spacing, state, overlap=args.overlap, tta=False,
                                           sw_batch_size=args.batch_size, model=model), args.repeats)
-    print(f"octasim segment_volume without flips (gaussian blending, overlap {args.overlap}, batch {args.batch_size}, "
+    print(f"octasim segment_volume without flips (gaussian blending, overlap {args.overlap}, "
+          f"batch {args.batch_size}, "
           f"normalization + resampling + threshold included): {ours:.2f} s")
     if args.tta:
         tta = best_of(lambda: segment_volume(volume, spacing, state, overlap=args.overlap, tta=True,

@@ -17,8 +17,9 @@ Steps (sizes in um, arrays (i, j, k) with depth along k after :func:`to_depth_la
    0.665, surface stack 0.782 -> 0.787, synthetic selection score 0.737 -> 0.744, no volume of it
    lower by more than 0.001; adding the lateral transposes (8 transforms) gave 0.664 / 0.787. It
    costs 3.5-5x the time (a 512 x 512 x 25 stack on 2 CPU cores: 4.6 s -> 17.4 s). A view shallower
-   than the window (10-25 slices of 5 um are common in two-photon stacks) is padded with 0, i.e. dark: no signal and
-   no vessel outside the imaged slab, which is how training shows such slabs (``RandDepthSlabd``).
+   than the window (10-25 slices of 5 um are common in two-photon stacks) is padded with 0, i.e.
+   dark: no signal and no vessel outside the imaged slab, which is how training shows such slabs
+   (``RandDepthSlabd``).
    Mirroring instead would extend every surface vessel crossing a thin slab into a bright wall the
    height of the window, unlike any vessel; on the shallow surface stack (10 slices) an early model
    labelled such vessels at Dice 0.45 mirrored and 0.63 zero-padded at the 8 um view;

@@ -70,13 +70,14 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
     """U-Net vessel probability and mask for a 3D scan, both with the scan's shape.
 
     The probability comes from :func:`octasim.inference.predict_probability` (the path threshold
-    calibration uses too, and validation without the flips): percentile scaling, depth axis moved to k, resampling from
-    ``spacing_um`` (um per voxel along i, j, k; may be anisotropic) to each view of the image pyramid
-    (``views_um``, default: the checkpoint's training grid and coarser views for wide vessels),
-    sliding-window inference (``overlap`` as a fraction of the window, ``sw_batch_size`` windows per
-    forward pass, float16 autocast on CUDA, fp32 on CPU, ``tta``: average over the four lateral
-    flips, default on), fusion of the views, resampling back. Then the threshold (default: the checkpoint's, else 0.5) and
-    optional removal of 26-connected components smaller than ``min_component_um3`` um^3.
+    calibration uses too, and validation without the flips): percentile scaling, depth axis moved
+    to k, resampling from ``spacing_um`` (um per voxel along i, j, k; may be anisotropic) to each view
+    of the image pyramid (``views_um``, default: the checkpoint's training grid and coarser views for
+    wide vessels), sliding-window inference (``overlap`` as a fraction of the window,
+    ``sw_batch_size`` windows per forward pass, float16 autocast on CUDA, fp32 on CPU, ``tta``:
+    average over the four lateral flips, default on), fusion of the views, resampling back. Then the
+    threshold (default: the checkpoint's, else 0.5) and optional removal of 26-connected components
+    smaller than ``min_component_um3`` um^3.
     ``model`` (from :func:`prepare_model`) avoids rebuilding the network for every volume.
     ``fused_views``: a list that receives the voxel sizes (um) of the views fused. ``progress``: a
     tqdm-like bar, reset to the windows of every view and advanced as they are done.
