@@ -20,11 +20,14 @@ class PreprocessError(OctasimError):
     """An image cannot be normalized (e.g. all voxels equal)."""
 
 
-def normalize_percentiles(volume: np.ndarray, clip_percentiles: Sequence[float] = CLIP_PERCENTILES) -> np.ndarray:
+def normalize_percentiles(volume: np.ndarray, clip_percentiles: Sequence[float] = CLIP_PERCENTILES,
+                          roi: np.ndarray | None = None) -> np.ndarray:
     """Clip to the given percentiles and scale to [0, 1] (float32, a new array).
 
     When the two percentiles coincide (a sparse image, mostly background), the upper bound falls
-    back to the maximum. Raises PreprocessError for an all-constant image and for NaN / inf values.
+    back to the maximum. ``roi`` (bool, the volume's shape): the percentiles are those of the voxels
+    inside it, and every voxel outside it becomes 0 (no signal). Raises PreprocessError for an
+    all-constant image (inside ``roi``) and for NaN / inf values.
     """
     data = np.asarray(volume, dtype=np.float32)
     if not np.isfinite(data).all():
@@ -32,16 +35,21 @@ def normalize_percentiles(volume: np.ndarray, clip_percentiles: Sequence[float] 
     lo_p, hi_p = (float(p) for p in clip_percentiles)
     if not 0.0 <= lo_p < hi_p <= 100.0:
         raise ValueError(f"clip percentiles must satisfy 0 <= low < high <= 100, got {clip_percentiles}")
-    lo, hi = (float(v) for v in np.percentile(data, [lo_p, hi_p]))
+    inside = data if roi is None else data[roi]
+    if inside.size == 0:
+        raise PreprocessError("the region of interest is empty; nothing to segment")
+    lo, hi = (float(v) for v in np.percentile(inside, [lo_p, hi_p]))
     if hi <= lo:
-        hi = float(data.max())
+        hi = float(inside.max())
     if hi <= lo:
-        lo = float(data.min())
+        lo = float(inside.min())
     if hi <= lo:
         raise PreprocessError(f"the image is constant (every voxel is {lo:g}); nothing to segment")
     out = data - np.float32(lo)  # new array; the in-place steps below do not touch the input
     out *= np.float32(1.0 / (hi - lo))
     np.clip(out, 0.0, 1.0, out=out)
+    if roi is not None:
+        out[~roi] = 0.0
     return out
 
 

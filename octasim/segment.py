@@ -66,7 +66,7 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
                    overlap: float = 0.5, threshold: float | None = None, sw_batch_size: int = 4, tta: bool = True,
                    depth_axis: str = "k", min_component_um3: float = 0.0, model=None,
                    views_um: Sequence[float] | None = None, fused_views: list[float] | None = None,
-                   progress=None) -> tuple[np.ndarray, np.ndarray]:
+                   progress=None, roi: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """U-Net vessel probability and mask for a 3D scan, both with the scan's shape.
 
     The probability comes from :func:`octasim.inference.predict_probability` (the path threshold
@@ -80,7 +80,9 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
     smaller than ``min_component_um3`` um^3.
     ``model`` (from :func:`prepare_model`) avoids rebuilding the network for every volume.
     ``fused_views``: a list that receives the voxel sizes (um) of the views fused. ``progress``: a
-    tqdm-like bar, reset to the windows of every view and advanced as they are done.
+    tqdm-like bar, reset to the windows of every view and advanced as they are done. ``roi``: the
+    imaged region (nonzero = inside, the volume's shape; :func:`check_roi`): the network sees no
+    signal outside it and nothing there is vessel.
     Returns (probability float32 in [0, 1], mask uint8 in {0, 1}).
     """
     from octasim.inference import ModelGrid, predict_probability
@@ -92,6 +94,7 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
         raise ValueError(f"batch size must be >= 1, got {sw_batch_size}")
     if volume.ndim != 3:
         raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
+    roi = check_roi(roi, volume.shape)
     if model is None:
         model, dev = prepare_model(state, device)
     else:
@@ -99,35 +102,54 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
     threshold = float(state.get("threshold", 0.5) if threshold is None else threshold)
     prob = predict_probability(model, volume, spacing, ModelGrid.from_checkpoint(state), dev, overlap=overlap,
                                sw_batch_size=sw_batch_size, tta=tta, depth_axis=depth_axis, views_um=views_um,
-                               fused_views=fused_views, progress=progress)
+                               fused_views=fused_views, progress=progress, roi=roi)
     mask = remove_small_components(prob > threshold, spacing, min_component_um3)
     return prob, mask
 
 
+def check_roi(roi: np.ndarray | None, shape: Sequence[int]) -> np.ndarray | None:
+    """A region of interest as a bool array of the scan's ``shape`` (nonzero = inside), or None.
+    Raises ValueError for another shape or an empty region."""
+    if roi is None:
+        return None
+    roi = np.asarray(roi)
+    if roi.shape != tuple(shape):
+        raise ValueError(f"the region of interest has shape {roi.shape}, the scan {tuple(shape)}")
+    if not np.isfinite(roi).all():
+        raise ValueError("the region of interest contains NaN or infinite values")
+    roi = roi != 0
+    if not roi.any():
+        raise ValueError("the region of interest is empty (all 0); nothing to segment")
+    return roi
+
+
 def otsu_segment(volume: np.ndarray, spacing_um: Sequence[float] = (1.0, 1.0, 1.0), threshold: float | None = None,
                  clip_percentiles: Sequence[float] = CLIP_PERCENTILES,
-                 min_component_um3: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                 min_component_um3: float = 0.0, roi: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Baseline: Otsu threshold of the normalized image (or a fixed ``threshold`` on it, in [0, 1]).
+    ``roi`` (:func:`check_roi`): percentiles and Otsu's threshold from the voxels inside it; 0 outside.
 
     Returns (normalized image float32 as the score, mask uint8).
     """
     from skimage.filters import threshold_otsu
 
-    score = normalize_percentiles(volume, clip_percentiles)
-    t = float(threshold_otsu(score)) if threshold is None else float(threshold)
+    roi = check_roi(roi, np.shape(volume))
+    score = normalize_percentiles(volume, clip_percentiles, roi)
+    t = float(threshold_otsu(score if roi is None else score[roi])) if threshold is None else float(threshold)
     return score, remove_small_components(score > t, spacing_um, min_component_um3)
 
 
 def frangi_segment(volume: np.ndarray, spacing_um: Sequence[float], sigmas_um: Sequence[float] = DEFAULT_FRANGI_SIGMAS_UM,
                    threshold: float | None = None, clip_percentiles: Sequence[float] = CLIP_PERCENTILES,
-                   grid_um: float | None = None, min_component_um3: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                   grid_um: float | None = None, min_component_um3: float = 0.0,
+                   roi: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Baseline: Frangi vesselness for bright vessels, then Otsu (or a fixed ``threshold`` in [0, 1]).
 
     skimage's Frangi filter assumes isotropic voxels, so the normalized image is resampled to an
     isotropic grid of ``grid_um`` um (default: the finest voxel size, but not finer than
     ``FRANGI_MIN_GRID_UM``, to keep memory bounded), filtered with ``sigmas_um`` converted to voxels
     of that grid, and the vesselness (scaled to [0, 1] by its maximum) is resampled back to the input
-    shape.
+    shape. ``roi`` (:func:`check_roi`): percentiles from the voxels inside it, 0 outside it.
     Returns (vesselness float32 in [0, 1], mask uint8).
     """
     from skimage.filters import frangi, threshold_otsu
@@ -135,7 +157,8 @@ def frangi_segment(volume: np.ndarray, spacing_um: Sequence[float], sigmas_um: S
     spacing = check_spacing(spacing_um)
     if not sigmas_um or any(s <= 0 for s in sigmas_um):
         raise ValueError(f"Frangi scales must be positive (um), got {sigmas_um}")
-    image = normalize_percentiles(volume, clip_percentiles)
+    roi = check_roi(roi, np.shape(volume))
+    image = normalize_percentiles(volume, clip_percentiles, roi)
     grid = float(grid_um) if grid_um else max(min(spacing), FRANGI_MIN_GRID_UM)
     iso = resample(image, resampled_shape(image.shape, spacing, grid))
     vessel = frangi(iso, sigmas=[s / grid for s in sigmas_um], black_ridges=False, mode="reflect").astype(np.float32)
@@ -143,8 +166,11 @@ def frangi_segment(volume: np.ndarray, spacing_um: Sequence[float], sigmas_um: S
     if vmax > 0:
         vessel /= vmax
     score = np.clip(resample(vessel, image.shape), 0.0, 1.0)
+    if roi is not None:
+        score[~roi] = 0.0
     if threshold is None:
-        t = float(threshold_otsu(score)) if score.max() > score.min() else 1.0
+        inside = score if roi is None else score[roi]
+        t = float(threshold_otsu(inside)) if inside.max() > inside.min() else 1.0
     else:
         t = float(threshold)
     return score, remove_small_components(score > t, spacing, min_component_um3)
@@ -190,6 +216,39 @@ def output_stem(path: str | Path) -> str:
 OUTPUT_SUFFIXES = ("_prob", "_mask")
 
 
+def read_roi(roi: str | Path, scan_path: Path, shape: Sequence[int], spacing_um: Sequence[float]) -> np.ndarray:
+    """The region of interest of the scan at ``scan_path`` (bool, ``shape``): ``roi`` itself if it is a file,
+    else the file in the folder ``roi`` named like the scan (any NIfTI / TIFF suffix, optionally ``_roi``).
+    Errors name the region's file."""
+    roi = Path(roi)
+    if roi.is_dir():
+        stem = output_stem(scan_path)
+        found = [p for p in list_volumes([roi], tiff=True)
+                 if output_stem(p) in (stem, f"{stem}_roi") and p.resolve() != scan_path.resolve()]
+        if not found:
+            raise ValueError(f"{roi}: no region of interest for {scan_path.name} (expected {stem}.nii.gz, "
+                             f"{stem}.tif or {stem}_roi.* there)")
+        if len(found) > 1:
+            raise ValueError(f"{roi}: several regions of interest for {scan_path.name}: "
+                             f"{', '.join(p.name for p in found)}")
+        roi = found[0]
+    try:
+        return check_roi(read_scan(roi, spacing_um).data, shape)
+    except ValueError as exc:
+        raise ValueError(str(exc) if str(roi) in str(exc) else f"{roi}: {exc}") from exc
+
+
+def is_roi_file(path: Path, roi: str | Path | None) -> bool:
+    """Whether ``path`` is a region of interest of ``roi`` (the file itself, or a ``*_roi`` file in the
+    folder): such files are not segmented when the inputs and the regions share a folder."""
+    if roi is None:
+        return False
+    roi = Path(roi)
+    if roi.is_dir():
+        return path.parent.resolve() == roi.resolve() and output_stem(path).endswith("_roi")
+    return path.resolve() == roi.resolve()
+
+
 def input_volumes(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
     """(scans to segment, skipped files): NIfTI and TIFF files given or found in folders, without
     octasim's own outputs (``*_prob`` / ``*_mask``), so that segmenting a folder twice never segments
@@ -205,7 +264,7 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
                   depth_axis: str = "k", device: str = "auto", voxel_size_um: Sequence[float] | None = None,
                   sigmas_um: Sequence[float] = DEFAULT_FRANGI_SIGMAS_UM, progress: bool | None = None,
                   views_um: Sequence[float] | None = None, overwrite: bool = False, channel: int | None = None,
-                  output_format: str = "auto") -> list[SegmentResult]:
+                  output_format: str = "auto", roi: str | Path | None = None) -> list[SegmentResult]:
     """Segment NIfTI and TIFF files (or folders of them) and write, per input, into ``out_dir``:
     ``<name>_prob`` (float32) and ``<name>_mask`` (uint8 0/1) with the input's shape, and
     ``<name>_qc.png`` (mask over orthogonal slices).
@@ -214,6 +273,10 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
     the input's affine and header (a TIFF input's: ``affine_for_spacing`` of its voxel size); TIFF
     outputs (.tif) have the input's axis order and ImageJ calibration in um (an input NIfTI's: pages
     along k), so they overlay the input in Fiji. ``channel``: the channel of multi-channel TIFFs (0-based).
+    ``roi``: a NIfTI / TIFF region of interest (nonzero = imaged tissue; e.g. the cranial window drawn in
+    ITK-SNAP or Fiji) with the scan's array shape, used for every input, or a folder holding one per input
+    named like it (``scan.nii.gz`` -> ``scan.nii.gz``, ``scan.tif`` or ``scan_roi.*``): nothing outside it is
+    vessel (see :func:`octasim.inference.predict_probability`); an input without its region fails.
 
     ``model``: checkpoint path, bundled model name or loaded checkpoint dict; None: the default bundled
     model (for the baselines it only supplies the clip percentiles). ``views_um``: the pyramid's
@@ -237,6 +300,7 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
     if channel is not None and channel < 0:
         raise ValueError(f"--channel must be >= 0 (0 = the first channel), got {channel}")
     paths, skipped = input_volumes(inputs)
+    paths = [p for p in paths if not is_roi_file(p, roi)]
     if not paths:
         extra = f" besides octasim's own outputs ({', '.join(p.name for p in skipped)})" if skipped else ""
         raise ValueError(f"no .nii / .nii.gz / .tif / .tiff files found in {', '.join(map(str, inputs))}{extra}")
@@ -248,6 +312,8 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
     if voxel_size_um is not None:
         voxel_size_um = check_spacing(voxel_size_um)
     out_dir = Path(out_dir)
+    if roi is not None and not Path(roi).exists():
+        raise ValueError(f"{roi}: no such region-of-interest file or folder")
     exts = [OUTPUT_SUFFIX[_output_format(p, output_format)] for p in paths]
     existing = [out_dir / f"{stem}{suffix}{ext}" for stem, ext in zip(stems, exts) for suffix in OUTPUT_SUFFIXES
                 if (out_dir / f"{stem}{suffix}{ext}").exists()]
@@ -280,6 +346,7 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
             vol = read_scan(path, voxel_size_um, channel=channel)  # --voxel-size bypasses the file's
             spacing = vol.spacing_um
             res.spacing_um, res.shape = tuple(float(v) for v in spacing), tuple(vol.data.shape)
+            region = None if roi is None else read_roi(roi, path, vol.data.shape, spacing)
             if method == "unet":
                 fused: list[float] = []
                 # a second bar for the windows of this scan: one large scan can take minutes on a CPU
@@ -287,13 +354,15 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
                     prob, mask = segment_volume(vol.data, spacing, state, overlap=overlap, threshold=threshold,
                                                 sw_batch_size=sw_batch_size, tta=tta, depth_axis=depth_axis,
                                                 min_component_um3=min_component_um3, model=net,
-                                                views_um=views_um, fused_views=fused, progress=windows)
+                                                views_um=views_um, fused_views=fused, progress=windows,
+                                                roi=region)
                 res.views_um = tuple(fused)
             elif method == "otsu":
-                prob, mask = otsu_segment(vol.data, spacing, threshold, _clip_percentiles(state), min_component_um3)
+                prob, mask = otsu_segment(vol.data, spacing, threshold, _clip_percentiles(state), min_component_um3,
+                                          roi=region)
             else:
                 prob, mask = frangi_segment(vol.data, spacing, sigmas_um, threshold, _clip_percentiles(state),
-                                            min_component_um3=min_component_um3)
+                                            min_component_um3=min_component_um3, roi=region)
             res.prob_path = write_like(out_dir / f"{stem}_prob{ext}", prob.astype(np.float32, copy=False), vol)
             res.mask_path = write_like(out_dir / f"{stem}_mask{ext}", mask.astype(np.uint8, copy=False), vol)
             res.vessel_fraction = float(mask.mean())

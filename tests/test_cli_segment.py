@@ -222,3 +222,22 @@ def test_nifti_input_with_tiff_output(tmp_path):
         mask = tif.asarray()
         assert tif.imagej_metadata["spacing"] == pytest.approx(5.0)
     assert mask.shape == (16, 24, 24) and (mask.astype(bool) == tube.transpose(2, 1, 0)).mean() > 0.98
+
+
+def test_region_of_interest(tmp_path, ckpt, capsys):
+    src, _ = scan(tmp_path / "vol.nii.gz")
+    roi = np.zeros((24, 24, 16), np.uint8)
+    roi[:, :12] = 1
+    nib.save(nib.Nifti1Image(roi, np.diag([0.002, 0.002, 0.002, 1.0])), str(tmp_path / "roi.nii.gz"))
+    out = tmp_path / "seg"
+    assert main(["segment", str(src), "--model", str(ckpt), "--out", str(out), "--device", "cpu",
+                 "--roi", str(tmp_path / "roi.nii.gz")]) == 0
+    prob = np.asarray(nib.load(str(out / "vol_prob.nii.gz")).dataobj)
+    assert not prob[:, 12:].any() and prob[:, :12].any()
+    nib.save(nib.Nifti1Image(roi[:, :, :8], np.eye(4)), str(tmp_path / "small.nii.gz"))
+    capsys.readouterr()
+    assert main(["segment", str(src), "--model", str(ckpt), "--out", str(tmp_path / "seg2"), "--device", "cpu",
+                 "--roi", str(tmp_path / "small.nii.gz")]) == 1
+    err = capsys.readouterr().err
+    assert "small.nii.gz" in err and "shape" in err
+    assert not (tmp_path / "seg2" / "vol_mask.nii.gz").exists()

@@ -67,3 +67,17 @@ def test_resample_same_shape_is_identity():
 def test_resample_constant_stays_constant():
     vol = np.full((9, 9, 4), 0.25, np.float32)
     np.testing.assert_allclose(resample(vol, (5, 5, 11)), 0.25, atol=1e-6)
+
+
+def test_normalize_percentiles_inside_a_region():
+    rng = np.random.default_rng(0)
+    data = rng.random((10, 10, 10)).astype(np.float32) * 100
+    roi = np.zeros(data.shape, bool)
+    roi[:5] = True
+    spiked = data.copy()
+    spiked[5:] = 1e6  # outside the region: ignored by the percentiles, 0 in the output
+    out = normalize_percentiles(spiked, (1.0, 99.0), roi)
+    np.testing.assert_allclose(out[:5], normalize_percentiles(data[:5], (1.0, 99.0)), atol=1e-6)
+    assert not out[5:].any()
+    with pytest.raises(PreprocessError, match="empty"):
+        normalize_percentiles(data, roi=np.zeros_like(roi))

@@ -251,3 +251,73 @@ def test_implausible_header_voxel_size_fails_the_input_unless_given(tmp_path, ck
     (res,) = segment_files([src], tmp_path / "out", model=ckpt, method=method, device="cpu", progress=False,
                            voxel_size_um=(2.0, 2.0, 2.0))  # the user's voxel size bypasses the header
     assert res.ok
+
+
+# ---------------------------------------------------------------------------------- region of interest
+
+
+def _roi_scan(shape=(32, 32, 24)):
+    """A tube scan, a region of interest (i < 20) and the same scan with bright noise outside it."""
+    img, tube = tube_volume(shape)
+    roi = np.zeros(shape, np.uint8)
+    roi[:20] = 1
+    other = img.copy()
+    other[20:] = np.random.default_rng(1).random(other[20:].shape).astype(np.float32) * 50.0
+    return img, other, roi, tube
+
+
+@pytest.mark.parametrize("method", ["unet", "otsu", "frangi"])
+def test_roi_result_ignores_everything_outside_it(method):
+    img, other, roi, tube = _roi_scan()
+    state = tiny_state()
+
+    def run(volume):
+        if method == "unet":
+            return segment_volume(volume, (2.0, 2.0, 2.0), state, device="cpu", roi=roi)
+        if method == "otsu":
+            return otsu_segment(volume, (2.0, 2.0, 2.0), roi=roi)
+        return frangi_segment(volume, (2.0, 2.0, 2.0), roi=roi)
+
+    prob, mask = run(img)
+    assert not prob[20:].any() and not mask[20:].any()  # nothing outside the region is vessel
+    prob_other, mask_other = run(other)  # outside: noise 50x brighter than the tube
+    np.testing.assert_allclose(prob_other, prob, atol=1e-6)
+    np.testing.assert_array_equal(mask_other, mask)
+    if method == "otsu":  # percentiles and threshold from inside: the tube is found as without the region
+        assert dice(mask[:20] > 0, tube[:20]) > 0.9
+
+
+def test_roi_shape_and_empty_region_are_refused():
+    img, _, roi, _ = _roi_scan()
+    with pytest.raises(ValueError, match=r"region of interest has shape \(32, 32, 23\)"):
+        segment_volume(img, (2.0, 2.0, 2.0), tiny_state(), device="cpu", roi=roi[:, :, :23])
+    with pytest.raises(ValueError, match="empty"):
+        otsu_segment(img, roi=np.zeros_like(roi))
+
+
+def test_segment_files_roi_file_and_folder(tmp_path, ckpt):
+    img, other, roi, _ = _roi_scan()
+    (tmp_path / "in").mkdir()
+    a = write_nifti(tmp_path / "in" / "a.nii.gz", img)
+    b = write_nifti(tmp_path / "in" / "b.nii.gz", other)
+    write_nifti(tmp_path / "in" / "a_roi.nii.gz", roi)  # beside the scans: a region, not an input
+    write_nifti(tmp_path / "in" / "b_roi.nii.gz", roi)
+    results = segment_files([tmp_path / "in"], tmp_path / "out", model=ckpt, device="cpu", progress=False,
+                            roi=tmp_path / "in")
+    assert [r.input.name for r in results] == ["a.nii.gz", "b.nii.gz"] and all(r.ok for r in results)
+    pa, pb = (read_volume(r.prob_path).data for r in results)
+    assert not pa[20:].any()
+    np.testing.assert_allclose(pb, pa, atol=1e-6)  # same inside, whatever lies outside
+    # one region file for every input; a wrong shape fails that input, naming the region's file
+    bad = write_nifti(tmp_path / "bad_roi.nii.gz", roi[:, :, :10])
+    (res,) = segment_files([a], tmp_path / "out2", model=ckpt, device="cpu", progress=False, roi=bad)
+    assert not res.ok and str(bad) in res.error and "shape" in res.error
+    assert not (tmp_path / "out2" / "a_mask.nii.gz").exists()
+    # a folder without the input's region fails that input only
+    (tmp_path / "rois").mkdir()
+    write_nifti(tmp_path / "rois" / "a.nii.gz", roi)
+    res_a, res_b = segment_files([a, b], tmp_path / "out3", model=ckpt, device="cpu", progress=False,
+                                 roi=tmp_path / "rois")
+    assert res_a.ok and not res_b.ok and "no region of interest for b.nii.gz" in res_b.error
+    with pytest.raises(ValueError, match="no such region-of-interest"):
+        segment_files([a], tmp_path / "out4", model=ckpt, device="cpu", roi=tmp_path / "missing.nii.gz")
