@@ -339,8 +339,8 @@ def predict_probability(model, volume: np.ndarray, spacing_um: Sequence[float], 
     probability outside it is 0. Why: the network scales every window by its own brightest region
     (``model.input_scale: window``), so a window holding only dark detector noise (outside a cranial
     window) is stretched to full scale and its noise grains read as vessels: with v3, a third of the
-    shared stacks replaced by Poisson noise at their 0.5th percentile came out 3.3 % (deep stack) and
-    6.6 % (surface stack) vessel there, and 0.1 % / 1.2 % when set to 0.
+    shared stacks replaced by Poisson noise at their 0.5th percentile came out 2.3 % (deep stack) and
+    6.3 % (surface stack) vessel there (3.3 % / 6.6 % without the flips, 0.1 % / 1.2 % when set to 0).
     """
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")

@@ -96,7 +96,7 @@ def register(subparsers) -> None:
                         "named like it (NAME.nii.gz, NAME.tif or NAME_roi.*). Outside it nothing is labelled and the "
                         "network sees no signal; the intensity percentiles come from inside it. Use it for scans "
                         "with dark regions that hold no tissue: the network scales each window to its own "
-                        "brightest, so pure detector noise there turns into false vessels (3-7 %% of it with the "
+                        "brightest, so pure detector noise there turns into false vessels (2-7 %% of it with the "
                         "bundled model); none = the whole scan")
     p.add_argument("--overwrite", action="store_true",
                    help="replace NAME_prob / NAME_mask files that an earlier run left in --out (default: refuse)")
