@@ -344,6 +344,8 @@ def predict_probability(model, volume: np.ndarray, spacing_um: Sequence[float], 
     """
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+    if roi is not None:
+        roi = np.asarray(roi) != 0  # a mask, never integer indices
     image = normalize_percentiles(volume, grid.clip_percentiles, roi)
     image, spacing = to_depth_last(image, spacing_um, depth_axis)
     views = list(scan_view_sizes(grid, image.shape, spacing) if views_um is None else views_um)

@@ -35,6 +35,10 @@ def normalize_percentiles(volume: np.ndarray, clip_percentiles: Sequence[float] 
     lo_p, hi_p = (float(p) for p in clip_percentiles)
     if not 0.0 <= lo_p < hi_p <= 100.0:
         raise ValueError(f"clip percentiles must satisfy 0 <= low < high <= 100, got {clip_percentiles}")
+    if roi is not None:
+        roi = np.asarray(roi) != 0
+        if roi.shape != data.shape:
+            raise ValueError(f"the region of interest has shape {roi.shape}, the image {data.shape}")
     inside = data if roi is None else data[roi]
     if inside.size == 0:
         raise PreprocessError("the region of interest is empty; nothing to segment")
@@ -44,7 +48,8 @@ def normalize_percentiles(volume: np.ndarray, clip_percentiles: Sequence[float] 
     if hi <= lo:
         lo = float(inside.min())
     if hi <= lo:
-        raise PreprocessError(f"the image is constant (every voxel is {lo:g}); nothing to segment")
+        where = " inside the region of interest" if roi is not None else ""
+        raise PreprocessError(f"the image is constant{where} (every voxel is {lo:g}); nothing to segment")
     out = data - np.float32(lo)  # new array; the in-place steps below do not touch the input
     out *= np.float32(1.0 / (hi - lo))
     np.clip(out, 0.0, 1.0, out=out)

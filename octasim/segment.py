@@ -187,7 +187,7 @@ class SegmentResult:
     prob_path: Path | None = None
     mask_path: Path | None = None
     qc_path: Path | None = None
-    vessel_fraction: float | None = None
+    vessel_fraction: float | None = None  #: of the region of interest when one is given
     seconds: float = 0.0
     error: str | None = None
     spacing_um: tuple[float, float, float] | None = None  #: the voxel size used (um along i, j, k)
@@ -216,24 +216,38 @@ def output_stem(path: str | Path) -> str:
 OUTPUT_SUFFIXES = ("_prob", "_mask")
 
 
-def read_roi(roi: str | Path, scan_path: Path, shape: Sequence[int], spacing_um: Sequence[float]) -> np.ndarray:
-    """The region of interest of the scan at ``scan_path`` (bool, ``shape``): ``roi`` itself if it is a file,
-    else the file in the folder ``roi`` named like the scan (any NIfTI / TIFF suffix, optionally ``_roi``).
-    Errors name the region's file."""
+def read_roi(roi: str | Path, scan_path: Path, scan) -> np.ndarray:
+    """The region of interest of ``scan`` (the :class:`octasim.nifti.Volume` read from ``scan_path``), bool
+    of its shape: ``roi`` itself if it is a file, else the file in the folder ``roi`` named like the scan
+    (any NIfTI / TIFF suffix, optionally ``_roi``). A NIfTI region of a NIfTI scan must share its affine
+    (else it would be misplaced). Errors name the region's file."""
     roi = Path(roi)
     if roi.is_dir():
         stem = output_stem(scan_path)
         found = [p for p in list_volumes([roi], tiff=True)
                  if output_stem(p) in (stem, f"{stem}_roi") and p.resolve() != scan_path.resolve()]
         if not found:
-            raise ValueError(f"{roi}: no region of interest for {scan_path.name} (expected {stem}.nii.gz, "
-                             f"{stem}.tif or {stem}_roi.* there)")
+            raise ValueError(f"{roi}: no region of interest for {scan_path.name} (expected {stem}_roi.* there, "
+                             f"or {stem}.* in a folder of regions apart from the scans)")
         if len(found) > 1:
             raise ValueError(f"{roi}: several regions of interest for {scan_path.name}: "
                              f"{', '.join(p.name for p in found)}")
         roi = found[0]
     try:
-        return check_roi(read_scan(roi, spacing_um).data, shape)
+        try:
+            region = read_scan(roi, scan.spacing_um)
+        except ValueError as exc:
+            if "channel" in str(exc):
+                raise ValueError(f"{roi}: a region of interest must be one 3D stack without channels ({exc})") from exc
+            raise
+        if region.header is not None and scan.header is not None and region.data.shape == scan.data.shape:
+            # a hundredth of the smallest voxel, in the affine's own units (mm or um)
+            tol = 0.01 * float(np.linalg.norm(np.asarray(scan.affine)[:3, :3], axis=0).min())
+            if not np.allclose(region.affine, scan.affine, rtol=0.0, atol=tol):
+                raise ValueError(f"its affine (orientation, origin or voxel size) differs from that of the scan "
+                                 f"{scan_path.name}, so the region would be misplaced; save the region with the "
+                                 "scan's header (e.g. from ITK-SNAP with the scan loaded) or as a TIFF stack")
+        return check_roi(region.data, scan.data.shape)
     except ValueError as exc:
         raise ValueError(str(exc) if str(roi) in str(exc) else f"{roi}: {exc}") from exc
 
@@ -300,9 +314,11 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
     if channel is not None and channel < 0:
         raise ValueError(f"--channel must be >= 0 (0 = the first channel), got {channel}")
     paths, skipped = input_volumes(inputs)
+    skipped += [p for p in paths if is_roi_file(p, roi)]
     paths = [p for p in paths if not is_roi_file(p, roi)]
     if not paths:
-        extra = f" besides octasim's own outputs ({', '.join(p.name for p in skipped)})" if skipped else ""
+        what = "octasim's own outputs" + (" and regions of interest" if roi is not None else "")
+        extra = f" besides {what} ({', '.join(p.name for p in skipped)})" if skipped else ""
         raise ValueError(f"no .nii / .nii.gz / .tif / .tiff files found in {', '.join(map(str, inputs))}{extra}")
     stems = [output_stem(p) for p in paths]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
@@ -346,7 +362,7 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
             vol = read_scan(path, voxel_size_um, channel=channel)  # --voxel-size bypasses the file's
             spacing = vol.spacing_um
             res.spacing_um, res.shape = tuple(float(v) for v in spacing), tuple(vol.data.shape)
-            region = None if roi is None else read_roi(roi, path, vol.data.shape, spacing)
+            region = None if roi is None else read_roi(roi, path, vol)
             if method == "unet":
                 fused: list[float] = []
                 # a second bar for the windows of this scan: one large scan can take minutes on a CPU
@@ -365,7 +381,7 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
                                             min_component_um3=min_component_um3, roi=region)
             res.prob_path = write_like(out_dir / f"{stem}_prob{ext}", prob.astype(np.float32, copy=False), vol)
             res.mask_path = write_like(out_dir / f"{stem}_mask{ext}", mask.astype(np.uint8, copy=False), vol)
-            res.vessel_fraction = float(mask.mean())
+            res.vessel_fraction = float(mask.mean() if region is None else mask[region].mean())
             qc_image, qc_spacing = to_depth_last(vol.data, spacing, depth_axis)  # QC draws depth (k) downwards
             qc_mask, _ = to_depth_last(mask, spacing, depth_axis)
             res.qc_path = save_overlay_qc(qc_image, qc_mask, out_dir / f"{stem}_qc.png", spacing_um=qc_spacing,

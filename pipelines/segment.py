@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from octasim.models import DEFAULT_MODEL
 
@@ -92,8 +93,10 @@ def register(subparsers) -> None:
                         "grid only), or numbers (exactly these views, all fused)")
     p.add_argument("--roi", default=None, metavar="FILE|DIR",
                    help="region of interest: a NIfTI / TIFF with the scan's array shape, nonzero where tissue was "
-                        "imaged (e.g. the cranial window drawn in ITK-SNAP or Fiji), or a folder with one per input "
-                        "named like it (NAME.nii.gz, NAME.tif or NAME_roi.*). Outside it nothing is labelled and the "
+                        "imaged (e.g. the cranial window drawn in ITK-SNAP or Fiji; a NIfTI region must have the "
+                        "scan's affine), or a folder with one per input named NAME_roi.* (or NAME.* in a folder of "
+                        "regions apart from the scans; NAME_roi.* files in it are not segmented). Outside it nothing is "
+                        "labelled and the "
                         "network sees no signal; the intensity percentiles come from inside it. Use it for scans "
                         "with dark regions that hold no tissue: the network scales each window to its own "
                         "brightest, so pure detector noise there turns into false vessels (2-7 %% of it with the "
@@ -131,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1 (windows per forward pass), got {args.batch_size}")
     if args.channel is not None and args.channel < 0:
         raise ValueError(f"--channel must be >= 0 (0 = the first channel), got {args.channel}")
+    if args.roi is not None and not Path(args.roi).exists():
+        raise ValueError(f"--roi {args.roi}: no such region-of-interest file or folder")
     views = parse_views(args.views)
     model = args.model
     if args.method == "unet":
@@ -161,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
         size = " x ".join(f"{v:g}" for v in r.spacing_um) if r.spacing_um else "?"
         shape = " x ".join(str(n) for n in r.shape) if r.shape else "?"
         views = f", views {', '.join(f'{v:g}' for v in r.views_um)} um" if r.views_um else ""
-        print(f"{r.input.name} ({shape} voxels of {size} um): vessel fraction {r.vessel_fraction:.2%} "
+        region = " of the region" if args.roi is not None else ""
+        print(f"{r.input.name} ({shape} voxels of {size} um): vessel fraction{region} {r.vessel_fraction:.2%} "
               f"({r.seconds:.1f} s{views}) -> "
               f"{r.mask_path.name}, {r.prob_path.name}, {r.qc_path.name}")
     print(f"segmented {len(done)} of {len(results)} volume(s) with {args.method}; outputs and QC PNGs in {args.out}")

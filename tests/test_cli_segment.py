@@ -233,11 +233,41 @@ def test_region_of_interest(tmp_path, ckpt, capsys):
     assert main(["segment", str(src), "--model", str(ckpt), "--out", str(out), "--device", "cpu",
                  "--roi", str(tmp_path / "roi.nii.gz")]) == 0
     prob = np.asarray(nib.load(str(out / "vol_prob.nii.gz")).dataobj)
-    assert not prob[:, 12:].any() and prob[:, :12].any()
+    mask = np.asarray(nib.load(str(out / "vol_mask.nii.gz")).dataobj)
+    assert not prob[:, 12:].any() and not mask[:, 12:].any()
+    text = capsys.readouterr().out
+    assert "region of interest: " in text and f"vessel fraction of the region {mask[:, :12].mean():.2%}" in text
     nib.save(nib.Nifti1Image(roi[:, :, :8], np.eye(4)), str(tmp_path / "small.nii.gz"))
-    capsys.readouterr()
     assert main(["segment", str(src), "--model", str(ckpt), "--out", str(tmp_path / "seg2"), "--device", "cpu",
                  "--roi", str(tmp_path / "small.nii.gz")]) == 1
     err = capsys.readouterr().err
     assert "small.nii.gz" in err and "shape" in err
     assert not (tmp_path / "seg2" / "vol_mask.nii.gz").exists()
+
+
+def test_tiff_region_in_the_scans_folder(tmp_path, capsys):
+    import tifffile
+
+    (tmp_path / "in").mkdir()
+    src, tube = tiff_scan(tmp_path / "in" / "stack.tif")  # (z, y, x) = (16, 24, 24)
+    roi = np.zeros(tube.shape, np.uint8)
+    roi[:, :, :12] = 255  # x < 12, in the file's own (z, y, x) order
+    tifffile.imwrite(tmp_path / "in" / "stack_roi.tif", roi, imagej=True, metadata={"axes": "ZYX"})
+    out = tmp_path / "seg"
+    assert main(["segment", str(tmp_path / "in"), "--method", "otsu", "--out", str(out),
+                 "--roi", str(tmp_path / "in")]) == 0
+    assert sorted(p.name for p in out.glob("*_mask.tif")) == ["stack_mask.tif"]  # the region is not an input
+    mask = tifffile.imread(out / "stack_mask.tif").astype(bool)
+    assert not mask[:, :, 12:].any()
+    assert (mask[:, :, :12] == tube[:, :, :12]).mean() > 0.98
+    # a two-channel region is refused, naming its file, without the scan's --channel advice
+    tifffile.imwrite(tmp_path / "two_roi.tif", np.stack([roi, roi], axis=1), imagej=True, metadata={"axes": "ZCYX"})
+    capsys.readouterr()
+    assert main(["segment", str(src), "--method", "otsu", "--out", str(tmp_path / "seg2"),
+                 "--roi", str(tmp_path / "two_roi.tif")]) == 1
+    err = capsys.readouterr().err
+    assert "two_roi.tif" in err and "one 3D stack without channels" in err
+    assert main(["segment", str(src), "--method", "otsu", "--out", str(tmp_path / "seg3"),
+                 "--roi", str(tmp_path / "nope.tif")]) == 2  # an option error, before any scan is read
+    assert "no such region-of-interest" in capsys.readouterr().err
+    assert not (tmp_path / "seg3").exists()

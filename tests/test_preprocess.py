@@ -79,5 +79,12 @@ def test_normalize_percentiles_inside_a_region():
     out = normalize_percentiles(spiked, (1.0, 99.0), roi)
     np.testing.assert_allclose(out[:5], normalize_percentiles(data[:5], (1.0, 99.0)), atol=1e-6)
     assert not out[5:].any()
+    # an integer region is a mask (nonzero = inside), never indices
+    np.testing.assert_array_equal(normalize_percentiles(spiked, (1.0, 99.0), roi.astype(np.uint8)), out)
     with pytest.raises(PreprocessError, match="empty"):
         normalize_percentiles(data, roi=np.zeros_like(roi))
+    with pytest.raises(ValueError, match="shape"):
+        normalize_percentiles(data, roi=roi[:4])
+    flat = np.where(roi, 3.0, data).astype(np.float32)
+    with pytest.raises(PreprocessError, match="constant inside the region of interest"):
+        normalize_percentiles(flat, roi=roi)

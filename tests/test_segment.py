@@ -280,11 +280,28 @@ def test_roi_result_ignores_everything_outside_it(method):
 
     prob, mask = run(img)
     assert not prob[20:].any() and not mask[20:].any()  # nothing outside the region is vessel
+    assert prob[:20].std() > 1e-4  # ... and something inside it
     prob_other, mask_other = run(other)  # outside: noise 50x brighter than the tube
     np.testing.assert_allclose(prob_other, prob, atol=1e-6)
     np.testing.assert_array_equal(mask_other, mask)
     if method == "otsu":  # percentiles and threshold from inside: the tube is found as without the region
         assert dice(mask[:20] > 0, tube[:20]) > 0.9
+    if method == "unet":  # the network saw the inside: without the tube there, it answers otherwise
+        no_tube, _ = segment_volume(np.where(tube, 0.2, img).astype(np.float32), (2.0, 2.0, 2.0), state,
+                                    device="cpu", roi=roi)
+        assert np.abs(no_tube[:20] - prob[:20]).max() > 1e-2
+
+
+@pytest.mark.parametrize("depth_axis", ["i", "j"])
+def test_roi_follows_the_depth_axis(depth_axis):
+    img, other, roi, _ = _roi_scan((32, 28, 24))
+    state = tiny_state()
+    ref, ref_mask = segment_volume(img, (2.0, 2.0, 2.0), state, device="cpu", roi=roi)
+    order = (2, 0, 1) if depth_axis == "i" else (0, 2, 1)  # depth (k) moved to axis i / j
+    prob, mask = segment_volume(other.transpose(order), (2.0, 2.0, 2.0), state, device="cpu", roi=roi.transpose(order),
+                                depth_axis=depth_axis)
+    np.testing.assert_allclose(prob, ref.transpose(order), atol=1e-5)
+    np.testing.assert_array_equal(mask, ref_mask.transpose(order))
 
 
 def test_roi_shape_and_empty_region_are_refused():
@@ -321,3 +338,13 @@ def test_segment_files_roi_file_and_folder(tmp_path, ckpt):
     assert res_a.ok and not res_b.ok and "no region of interest for b.nii.gz" in res_b.error
     with pytest.raises(ValueError, match="no such region-of-interest"):
         segment_files([a], tmp_path / "out4", model=ckpt, device="cpu", roi=tmp_path / "missing.nii.gz")
+
+
+def test_segment_files_roi_with_another_affine_is_refused(tmp_path, ckpt):
+    img, _, roi, _ = _roi_scan()
+    src = write_nifti(tmp_path / "a.nii.gz", img)
+    moved = np.diag([0.002, 0.002, 0.002, 1.0])
+    moved[0, 3] = 0.02  # ten voxels off
+    region = write_nifti(tmp_path / "roi.nii.gz", roi, moved)
+    (res,) = segment_files([src], tmp_path / "out", model=ckpt, device="cpu", progress=False, roi=region)
+    assert not res.ok and str(region) in res.error and "affine" in res.error and "a.nii.gz" in res.error
