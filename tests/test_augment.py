@@ -197,3 +197,44 @@ def test_gain_range_must_be_positive():
                                                                             "gain_range": [0.0, 1.0]}})
     with pytest.raises(ValueError, match="gain_range"):
         build_augmentation(bad)
+
+
+def test_no_tissue_darkens_a_lateral_part_and_clears_its_label():
+    """RandNoTissued: beyond a straight edge across (i, j), the same at every depth, the image is dark
+    noise (level <= 0.05 + noise) and the label 0; elsewhere both are unchanged."""
+    from octasim.train.augment import RandNoTissued
+
+    rng = np.random.default_rng(2)
+    image = torch.from_numpy(rng.uniform(0.3, 1.0, (1, 16, 16, 8)).astype(np.float32))
+    label = torch.ones((1, 16, 16, 8))
+    t = RandNoTissued(prob=1.0)
+    t.set_random_state(seed=5)
+    fractions = []
+    for _ in range(20):
+        out = t({"image": image, "label": label})
+        dark = out["label"][0] == 0
+        assert torch.equal(dark, dark[:, :, :1].expand_as(dark))                 # lateral: every depth alike
+        torch.testing.assert_close(out["image"][0][~dark], image[0][~dark])    # tissue kept
+        assert out["image"][0][dark].mean() < 0.1 and out["image"][0][dark].std() > 0  # dark noise
+        i, j = np.nonzero(dark[:, :, 0].numpy())
+        fractions.append(dark[:, :, 0].float().mean().item())
+        # a half-plane: every point of the patch between two dark points along i or j is dark
+        for a in range(16):
+            cols = np.sort(j[i == a])
+            assert cols.size == 0 or cols[-1] - cols[0] + 1 == cols.size
+    assert 0.15 < min(fractions) < 0.6 and max(fractions) > 0.8                 # 0.2-1 of the patch
+    never = RandNoTissued(prob=0.0)
+    assert never({"image": image, "label": label})["image"] is image
+
+
+def test_no_tissue_comes_last_so_the_other_draws_are_unchanged():
+    image, label = depth_volume()
+    plain = build_augmentation(ALWAYS, seed=4)({"image": image, "label": label})
+    cfg = config_from_dict({"patch_size": 16, "crop_size": 23, "augment": {
+        **ALWAYS.augment.__dict__, "no_tissue_prob": 1.0}})
+    out = build_augmentation(cfg, seed=4)({"image": image, "label": label})
+    kept = out["label"] != 0
+    assert (out["image"] != plain["image"]).any()
+    torch.testing.assert_close(out["label"][kept], plain["label"][kept])
+    same = (out["image"] == plain["image"])[0].all(dim=-1)                      # lateral positions untouched
+    assert same.float().mean() < 0.85 and same.any()
