@@ -81,62 +81,6 @@ class RandDepthSlabd(Randomizable, MapTransform):
         return d
 
 
-class RandNoTissued(Randomizable, MapTransform):
-    """With probability ``prob``, replace the part of the patch beyond a random straight edge across the
-    lateral plane (i, j) by dark noise and set the label there to 0: a region without tissue, as outside
-    a cranial window or beyond the imaged field. The part covers a fraction of the patch drawn uniformly
-    in 0.2-1 (1: a window with no tissue at all); its level is uniform in 0-0.05 of the scale, its noise
-    Gaussian with a standard deviation uniform in 0.003-0.03, smoothed by a Gaussian of 0-1.5 voxels
-    (denoised stacks have grainy rather than white noise).
-
-    Why: the network scales every window by its own brightest region (``model.input_scale: window``), so
-    a window of pure noise is stretched to full scale; rendered cortex has capillaries in every window,
-    so without this the network never learns that stretched noise is not vessel (with v3, dark noise in
-    a third of each shared stack came out 2-7 % vessel).
-    """
-
-    def __init__(self, prob: float, keys=KEYS) -> None:
-        MapTransform.__init__(self, keys)
-        self.prob = float(prob)
-        self._do = False
-
-    def randomize(self, data=None) -> None:
-        self._do = self.R.rand() < self.prob
-        if self._do:
-            self._angle = self.R.uniform(0.0, 2.0 * np.pi)
-            self._fraction = self.R.uniform(0.2, 1.0)
-            self._level = self.R.uniform(0.0, 0.05)
-            self._std = self.R.uniform(0.003, 0.03)
-            self._sigma = self.R.uniform(0.0, 1.5)
-            self._seed = int(self.R.randint(0, 2 ** 31 - 1))
-
-    def region(self, shape) -> np.ndarray:
-        """The (i, j) part without tissue for a patch of lateral ``shape``: the ``fraction`` of the
-        patch farthest along the direction ``angle``."""
-        i, j = np.meshgrid(*(np.arange(n) - (n - 1) / 2.0 for n in shape), indexing="ij")
-        along = i * np.cos(self._angle) + j * np.sin(self._angle)
-        return along >= np.quantile(along, 1.0 - self._fraction)
-
-    def __call__(self, data):
-        from scipy.ndimage import gaussian_filter
-
-        d = dict(data)
-        self.randomize()
-        if not self._do:
-            return d
-        image = _plain(d["image"])
-        part = torch.from_numpy(self.region(image.shape[1:3]))[None, :, :, None]
-        noise = np.random.default_rng(self._seed).normal(0.0, self._std, image.shape[1:]).astype(np.float32)
-        if self._sigma > 0.3:
-            # the same standard deviation after smoothing: a 3D Gaussian of sigma s divides it by (2 sqrt(pi) s)^1.5
-            noise = gaussian_filter(noise, self._sigma) * np.float32((2.0 * np.sqrt(np.pi) * self._sigma) ** 1.5)
-        dark = torch.from_numpy(np.clip(self._level + noise, 0.0, 1.0))[None]
-        d["image"] = torch.where(part, dark.to(image.dtype), image)
-        if "label" in d:
-            d["label"] = torch.where(part, torch.zeros((), dtype=_plain(d["label"]).dtype), _plain(d["label"]))
-        return d
-
-
 def _plain(x) -> torch.Tensor:
     """A plain torch.Tensor (MONAI MetaTensors carry metadata the collate step does not need)."""
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
@@ -225,8 +169,6 @@ def build_augmentation(cfg: TrainConfig, include_crop: bool = False, seed: int |
     steps += [ClipLabeld()]
     if a.depth_slab_prob > 0:
         steps.append(RandDepthSlabd(a.depth_slab_prob, a.depth_slab_min_voxels, a.depth_slab_log_thickness))
-    if a.no_tissue_prob > 0:  # last, so the transforms before it draw the same numbers as without it
-        steps.append(RandNoTissued(a.no_tissue_prob))
     # Lazy resampling (MONAI): rotation, zoom, flips and the crop are fused into one resample that
     # computes only the patch_size^3 output, about a third cheaper per patch than resampling the crop
     # twice. It also keeps the label on the image: the label is interpolated linearly and thresholded

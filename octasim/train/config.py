@@ -83,8 +83,6 @@ class AugmentConfig:
     gain_range: list[float] = field(default_factory=lambda: [0.25, 1.25])  #: gain drawn uniformly, -
     bias_field_prob: float = 0.0         #: multiply the patch by a smooth random gain field (vignetting, depth)
     bias_field_coeff: float = 0.3        #: Legendre coefficients of the field's log, uniform in +-this, -
-    no_tissue_prob: float = 0.0          #: replace a lateral part of the patch by dark noise, label 0 there
-                                         #: (regions without tissue: outside a cranial window)
 
 
 @dataclass
