@@ -289,8 +289,9 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
     along k), so they overlay the input in Fiji. ``channel``: the channel of multi-channel TIFFs (0-based).
     ``roi``: a NIfTI / TIFF region of interest (nonzero = imaged tissue; e.g. the cranial window drawn in
     ITK-SNAP or Fiji) with the scan's array shape, used for every input, or a folder holding one per input
-    named like it (``scan.nii.gz`` -> ``scan.nii.gz``, ``scan.tif`` or ``scan_roi.*``): nothing outside it is
-    vessel (see :func:`octasim.inference.predict_probability`); an input without its region fails.
+    (:func:`read_roi`: ``NAME_roi.*``, or ``NAME.*`` in a folder of regions apart from the scans): nothing
+    outside it is vessel (see :func:`octasim.inference.predict_probability`); an input without its region
+    fails.
 
     ``model``: checkpoint path, bundled model name or loaded checkpoint dict; None: the default bundled
     model (for the baselines it only supplies the clip percentiles). ``views_um``: the pyramid's

@@ -95,9 +95,9 @@ def register(subparsers) -> None:
                    help="region of interest: a NIfTI / TIFF with the scan's array shape, nonzero where tissue was "
                         "imaged (e.g. the cranial window drawn in ITK-SNAP or Fiji; a NIfTI region must have the "
                         "scan's affine), or a folder with one per input named NAME_roi.* (or NAME.* in a folder of "
-                        "regions apart from the scans; NAME_roi.* files in it are not segmented). Outside it nothing is "
-                        "labelled and the "
-                        "network sees no signal; the intensity percentiles come from inside it. Use it for scans "
+                        "regions apart from the scans; NAME_roi.* files in it are not segmented). Outside it "
+                        "nothing is labelled and the network sees no signal; the intensity percentiles come from "
+                        "inside it. Use it for scans "
                         "with dark regions that hold no tissue: the network scales each window to its own "
                         "brightest, so pure detector noise there turns into false vessels (2-7 %% of it with the "
                         "bundled model); none = the whole scan")

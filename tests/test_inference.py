@@ -284,3 +284,23 @@ def test_progress_counts_every_window_of_every_view(tta):
     assert bar.n == 8 + 2 + 1
     assert window_count((16, 16, 16), (16,) * 3, 0.5) == 1 and window_count((17, 5, 16), (16,) * 3, 0.5) == 2
     assert window_count((100, 16, 16), (16,) * 3, 0.25) == 8  # starts 0, 12, ..., 84
+
+
+def test_region_of_interest_decides_which_views_are_fused(monkeypatch):
+    """A 'network' that calls everything vessel: without a region the coarse view finds a vessel as wide
+    as the scan and is fused; with a region 4 um wide it finds nothing wider than the region (1 voxel of
+    the 4 um view) and is not, and nothing outside the region is vessel."""
+    import octasim.inference as inference
+
+    monkeypatch.setattr(inference, "predict_view", lambda model, image, *a, **k: np.ones_like(image))
+    grid = inference.ModelGrid(voxel_size_um=2.0, patch_size=(16, 16, 16), max_voxel_size_um=4.0)
+    scan = np.random.default_rng(0).random((64, 64, 8)).astype(np.float32)
+    views = []
+    inference.predict_probability(None, scan, (2.0, 2.0, 2.0), grid, None, fused_views=views)
+    assert views == [2.0, 4.0]
+    roi = np.zeros(scan.shape, bool)
+    roi[:2] = True
+    views = []
+    prob = inference.predict_probability(None, scan, (2.0, 2.0, 2.0), grid, None, fused_views=views, roi=roi)
+    assert views == [2.0]
+    assert prob[roi].min() == 1.0 and not prob[~roi].any()
