@@ -26,8 +26,13 @@ Steps (sizes in um, arrays (i, j, k) with depth along k after :func:`to_depth_la
 5. fuse the views on the scan's grid (the coarser views that find wide vessels, below): the finest
    view gives every vessel it resolves; a coarser view adds only what it calls vessel over at least
    ``WIDE_VESSEL_VOXELS`` (5) of its own voxels across the lateral plane (a grey-level opening with a
-   5 x 5 x 1 box on its grid: erosion, then dilation): the inside of a wide vessel (3 voxels) with a
-   wall voxel on each side. So it fills wide vessels whose inside the fine window cannot see, but
+   lateral disk 5 voxels across on its grid: erosion, then dilation): the inside of a wide vessel (3
+   voxels) with a wall voxel on each side. A disk, not a square, because a vessel is as wide in every
+   lateral direction: a 5 x 5 box fits in a band 5 voxels wide only if the band runs along i or j
+   (at 45 degrees it needs 6.7 voxels; the disk 5.2), so it dropped diagonal vessels the view had
+   found and broke the rest into 40 um squares at the 8 um view (v3 on the surface stack's dim lower
+   slices, whose vessels run diagonally: Dice 0.782 -> 0.797 with the disk, synthetic selection score
+   0.737 -> 0.739, without the flips). So it fills wide vessels whose inside the fine window cannot see, but
    cannot widen the thin vessels it blurs:
    a capillary is one coarse voxel wide, and the network's probability around it spans a few.
    Lateral only, because a shallow stack is as thin as 6 voxels of the 8 um view along depth.
@@ -211,12 +216,24 @@ def predict_view(model, image: np.ndarray, patch_size: Sequence[int], device, ov
     return np.ascontiguousarray(prob)
 
 
+def lateral_disk(diameter: int = WIDE_VESSEL_VOXELS) -> np.ndarray:
+    """A flat structuring element (i, j, k): the voxels of the lateral plane within ``diameter`` / 2
+    of the centre voxel, one voxel deep; ``diameter`` odd. 5: the 5 x 5 square without its corners."""
+    if diameter < 1 or diameter % 2 == 0:
+        raise ValueError(f"the disk's diameter must be an odd number of voxels, got {diameter}")
+    r = diameter // 2
+    i, j = np.mgrid[-r:r + 1, -r:r + 1]
+    return (i ** 2 + j ** 2 <= (diameter / 2.0) ** 2)[..., None]
+
+
 def wide_part(prob: np.ndarray) -> np.ndarray:
     """What a coarse view (i, j, k with depth k) calls vessel over at least ``WIDE_VESSEL_VOXELS`` of
-    its voxels along i and j: grey-level opening (minimum, then maximum, over a 5 x 5 x 1 box)."""
+    its voxels in every direction across the lateral plane: grey-level opening (minimum, then
+    maximum) over a lateral disk of that diameter (:func:`lateral_disk`; a disk because a vessel's
+    width does not depend on its direction)."""
     from scipy.ndimage import grey_opening
 
-    return grey_opening(prob, size=(WIDE_VESSEL_VOXELS, WIDE_VESSEL_VOXELS, 1), mode="nearest")
+    return grey_opening(prob, footprint=lateral_disk(), mode="nearest")
 
 
 def widest_vessel_um(mask: np.ndarray, voxel_um: float) -> float:

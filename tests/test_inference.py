@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from octasim.inference import MAX_GAIN_CORRECTION, ModelGrid, fills_window, finds_wide_vessels, local_brightness, \
-    predict_probability, pyramid_voxel_sizes, trained_voxel_range, wide_part, widest_vessel_um
+    predict_probability, pyramid_voxel_sizes, trained_voxel_range, wide_part, widest_vessel_um, lateral_disk
 
 
 class ProbIsImage(torch.nn.Module):
@@ -106,14 +106,37 @@ def test_coarse_view_fills_wide_vessels_but_does_not_widen_thin_ones():
 
 def test_wide_part_keeps_wide_regions_whole_and_drops_thin_ones():
     p = np.zeros((16, 16, 12), np.float32)
-    p[1:6, 1:6, 1:6] = 1.0      # 5 voxels wide laterally: kept, not shrunk
+    p[1:6, 1:6, 1:6] = 1.0      # 5 voxels wide laterally: kept
     p[1:7, 8:14, 9] = 0.9       # 6 x 6 laterally, one slice deep (a shallow stack at a coarse view): kept
     p[10, :, 3] = 1.0           # one voxel wide: removed
     p[:, 14:16, 0:4] = 0.7      # two voxels wide: removed
     p[11:15, 1:7, 6:9] = 0.8    # four voxels wide: removed
     w = wide_part(p)
-    assert w[1:6, 1:6, 1:6].min() == 1.0 and w[1:7, 8:14, 9].min() == pytest.approx(0.9)
-    assert w.sum() == pytest.approx(125 + 36 * 0.9)
+    disk = lateral_disk()[..., 0]
+    assert disk.sum() == 21 and not disk[0, 0] and disk[0, 2] and disk[2].all()  # 5 x 5 less its corners
+    assert (w[1:6, 1:6, 1:6] == 1.0).sum() == 21 * 5    # the disk that fits; a square's corners are not a vessel
+    assert np.isclose(w[1:7, 8:14, 9], 0.9).sum() == 36 - 4    # 6 x 6 less its four corner voxels
+    assert w[10, :, 3].max() == 0 and w[:, 14:16, 0:4].max() == 0 and w[11:15, 1:7, 6:9].max() == 0
+    assert w.sum() == pytest.approx(21 * 5 + 32 * 0.9)  # nothing else
+
+
+def test_wide_part_does_not_depend_on_the_vessels_direction():
+    """A band 5 voxels across is kept whole whether it runs along j or diagonally (a 5 x 5 box would
+    need 6.7 voxels at 45 degrees and drop it), and a band 3.5 voxels across is dropped both ways."""
+    i, j = np.mgrid[0:32, 0:32]
+    for half, kept in ((3, True), (2, False)):  # diagonals |i - j| <= half: 2 half + 1 of them, 5 / 3.5 voxels across
+        diagonal = np.repeat((np.abs(i - j) <= half)[..., None], 3, axis=2).astype(np.float32)
+        along_j = np.zeros_like(diagonal)
+        along_j[10:10 + (5 if kept else 3), :, :] = 1.0
+        for band in (diagonal, along_j):
+            w = wide_part(band)
+            assert (w <= band).all()                      # an opening never adds
+            if kept:
+                assert (w == band).all()
+            else:  # away from the array's corners, where the nearest-edge extension widens a diagonal
+                assert w[4:-4, 4:-4].max() == 0
+    with pytest.raises(ValueError, match="odd"):
+        lateral_disk(4)
 
 
 def test_bad_fusion_and_views_are_errors():
