@@ -21,7 +21,9 @@ issue 9: the bundled model >= 0.10 above Otsu on Dice and clDice on each stack).
 Modes (the ablation of the image pyramid, ``octasim.inference``): ``single`` = the training grid only;
 ``pyramid`` = the default path of ``octasim segment`` (a coarser view fused only if it finds a vessel
 wider than its finer neighbour segments whole, ``octasim.inference.finds_wide_vessels``, each window
-averaged over its four lateral flips); ``no-tta`` = the default path without the flips; ``all-views`` = every
+averaged over its four lateral flips, wide vessels completed below their widest slice as ``segment``
+does, ``octasim.segment.complete_wide_lumens``, in every mode but one); ``no-tta`` = the default path
+without the flips; ``no-completion`` = the default path without that completion; ``all-views`` = every
 view the checkpoint allows, whether needed or not; ``max`` = all views fused by a plain maximum
 (coarse views not opened); ``unflattened`` = all views without flattening the coarse views' gain
 (``octasim.inference.local_brightness``).
@@ -45,7 +47,7 @@ STACKS = (
     ("burgess2014 (surface, 50-100 um vessels)", "burgess2014_noisySparseVessels_BM4D_denoised.tif",
      "burgess2014_noisySparseVessels_labels_v1.tif"),
 )
-MODES = ("single", "pyramid", "no-tta", "all-views", "max", "unflattened")
+MODES = ("single", "pyramid", "no-tta", "no-completion", "all-views", "max", "unflattened")
 TARGET_MARGIN = 0.10
 DIM_GAINS = (1.0, 0.5, 0.25)  #: vessel gains of the dimmed-slab check (--dim-vessels, --selection-score)
 
@@ -87,6 +89,8 @@ def predict(state: dict, model, image: np.ndarray, mode: str) -> np.ndarray:
         return predict_probability(model, image, SPACING_UM, grid, dev)
     if mode == "no-tta":
         return predict_probability(model, image, SPACING_UM, grid, dev, tta=False)
+    if mode == "no-completion":
+        return predict_probability(model, image, SPACING_UM, grid, dev)
     if mode == "all-views":
         return predict_probability(model, image, SPACING_UM, grid, dev, views_um=views)
     if mode == "unflattened":
@@ -95,8 +99,8 @@ def predict(state: dict, model, image: np.ndarray, mode: str) -> np.ndarray:
 
 
 def run_model(label_name: str, state: dict, stacks, modes) -> list[dict]:
-    from octasim.inference import ModelGrid, pyramid_voxel_sizes
-    from octasim.segment import prepare_model
+    from octasim.inference import ModelGrid, pyramid_voxel_sizes, wide_vessel_um
+    from octasim.segment import complete_wide_lumens, prepare_model
 
     model, _ = prepare_model(state, "cpu")
     threshold = float(state.get("threshold", 0.5))
@@ -107,10 +111,12 @@ def run_model(label_name: str, state: dict, stacks, modes) -> list[dict]:
             continue
         for name, image, label in stacks:
             t = time.perf_counter()
-            prob = predict(state, model, image, mode)
+            mask = predict(state, model, image, mode) > threshold
+            if mode != "no-completion":
+                mask = complete_wide_lumens(mask, SPACING_UM, wide_vessel_um(ModelGrid.from_checkpoint(state)))
             seconds = time.perf_counter() - t
             rows.append({"method": f"{label_name} [{mode}]", "stack": name, "seconds": seconds,
-                         **scores(prob > threshold, label)})
+                         **scores(mask, label)})
     return rows
 
 

@@ -259,8 +259,14 @@ def finds_wide_vessels(prob: np.ndarray, voxel_um: float, finer_voxel_um: float,
     view's lateral window (``WINDOW_PER_VESSEL``), measured by :func:`widest_vessel_um` on what this
     view calls vessel (probability > 0.5). Only then is the coarse view fused: it exists for such
     vessels, and elsewhere it only blurs (false vessels around bright thin ones)."""
-    finer_window_um = min(grid.patch_size[:2]) * float(finer_voxel_um)
-    return widest_vessel_um(prob > 0.5, voxel_um) > finer_window_um / WINDOW_PER_VESSEL
+    return widest_vessel_um(prob > 0.5, voxel_um) > wide_vessel_um(grid, finer_voxel_um)
+
+
+def wide_vessel_um(grid: ModelGrid, voxel_um: float | None = None) -> float:
+    """The width (um) beyond which a view of ``voxel_um`` um (default: the training grid, the finest
+    view) does not segment a vessel whole: a quarter of its lateral window (``WINDOW_PER_VESSEL``),
+    so that the window holds tissue on both sides. 32 um for the bundled models' finest view."""
+    return min(grid.patch_size[:2]) * float(grid.voxel_size_um if voxel_um is None else voxel_um) / WINDOW_PER_VESSEL
 
 
 def local_brightness(view: np.ndarray, voxel_um: float, region_um: float,

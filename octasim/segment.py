@@ -14,8 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from octasim.nifti import NIFTI_SUFFIXES, list_volumes
-from octasim.preprocess import (CLIP_PERCENTILES, normalize_percentiles, resample, resampled_shape,
-                                to_depth_last)
+from octasim.preprocess import (CLIP_PERCENTILES, from_depth_last, normalize_percentiles, resample,
+                                resampled_shape, to_depth_last)
 from octasim.scan import OUTPUT_FORMATS, OUTPUT_SUFFIX, check_spacing, read_scan, write_like
 from octasim.scan import output_format as _output_format
 from octasim.tiff import TIFF_SUFFIXES
@@ -49,6 +49,52 @@ def remove_small_components(mask: np.ndarray, spacing_um: Sequence[float], min_v
     return keep[labels].astype(np.uint8)
 
 
+def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_width_um: float) -> np.ndarray:
+    """Each wide vessel made as deep below its widest slice as it is above it (depth along k, k = 0 the
+    surface side; ``spacing_um`` along i, j, k): returns a bool mask holding ``mask``.
+
+    Why: two-photon excitation is scattered by the blood it crosses, so a wide lumen dims with depth
+    inside itself and the network labels its upper part only (v3 on procedural surface stacks: recall
+    0.90 in the upper half of pial vessels, 0.18 in the lower, where the lumen is still 3x brighter than
+    the tissue). A vessel is a tube and its cross-section about round, so the upper half found fixes
+    the lower one. For every column (i, j) through a band of the lateral plane at least
+    ``min_width_um`` wide (a lateral disk of that diameter fits in it), the slice where the vessel is
+    widest across the lateral plane is the round cross-section's middle (the middle of the slices
+    equally wide, as widths come in whole voxels); the column's run of vessel voxels from its top down
+    to that slice is mirrored below it. Nothing is added where the widest slice
+    is the top of the run (a vessel cut by the scan's top, or one running along depth, whose width does
+    not change with depth), nor in narrower vessels, nor below the scan.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    m = np.asarray(mask).astype(bool)
+    lateral = tuple(float(s) for s in check_spacing(spacing_um)[:2])
+    half = float(min_width_um) / 2.0
+    # in-plane distance to the background (um) of the voxels of bands at least min_width_um wide, else 0
+    width = np.zeros(m.shape, np.float32)
+    for k in range(m.shape[2]):
+        if not m[..., k].any():
+            continue
+        dist = distance_transform_edt(m[..., k], sampling=lateral)
+        core = dist >= half
+        if core.any():  # the band's voxels: within half of a centre that is half from the background
+            width[..., k] = np.where(distance_transform_edt(~core, sampling=lateral) < half, dist, 0.0)
+    n = m.shape[2]
+    depth = np.arange(n)[None, None, :]
+    first = width.argmax(axis=2)[..., None]             # first widest slice of each column
+    above_gap = np.maximum.accumulate(np.where(m, -1, depth), axis=2)  # last background slice at or above k
+    top = np.take_along_axis(above_gap, first, axis=2) + 1             # top of the run through it
+    below_gap = np.minimum.accumulate(np.where(m, n, depth)[..., ::-1], axis=2)[..., ::-1]
+    bottom = np.take_along_axis(below_gap, first, axis=2) - 1          # and its bottom
+    # the mask's widths are whole voxels, so a round cross-section is equally wide over several
+    # slices about its middle: the middle of those (within the run) is the widest slice
+    widest_here = (width == width.max(axis=2, keepdims=True)) & (depth <= bottom)
+    last = n - 1 - widest_here[..., ::-1].argmax(axis=2)[..., None]
+    middle = (first + last) // 2
+    fill = (depth > middle) & (depth <= 2 * middle - top) & (width.max(axis=2) > 0)[..., None]
+    return m | fill
+
+
 def prepare_model(state: dict[str, Any], device: str = "auto"):
     """Build the checkpoint's network on a device for :func:`segment_volume` (returns model, device)."""
     import torch
@@ -66,7 +112,8 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
                    overlap: float = 0.5, threshold: float | None = None, sw_batch_size: int = 4, tta: bool = True,
                    depth_axis: str = "k", min_component_um3: float = 0.0, model=None,
                    views_um: Sequence[float] | None = None, fused_views: list[float] | None = None,
-                   progress=None, roi: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   progress=None, roi: np.ndarray | None = None,
+                   complete_lumens: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """U-Net vessel probability and mask for a 3D scan, both with the scan's shape.
 
     The probability comes from :func:`octasim.inference.predict_probability` (the path threshold
@@ -76,8 +123,10 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
     wide vessels), sliding-window inference (``overlap`` as a fraction of the window,
     ``sw_batch_size`` windows per forward pass, float16 autocast on CUDA, fp32 on CPU, ``tta``:
     average over the four lateral flips, default on), fusion of the views, resampling back. Then the
-    threshold (default: the checkpoint's, else 0.5) and optional removal of 26-connected components
-    smaller than ``min_component_um3`` um^3.
+    threshold (default: the checkpoint's, else 0.5), the lower half of wide vessels completed by
+    symmetry (``complete_lumens``, :func:`complete_wide_lumens`: vessels wider than a quarter of the
+    finest view's window, 32 um for the bundled models; in the mask only, the probability is the
+    network's) and optional removal of 26-connected components smaller than ``min_component_um3`` um^3.
     ``model`` (from :func:`prepare_model`) avoids rebuilding the network for every volume.
     ``fused_views``: a list that receives the voxel sizes (um) of the views fused. ``progress``: a
     tqdm-like bar, reset to the windows of every view and advanced as they are done. ``roi``: the
@@ -85,7 +134,7 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
     signal outside it and nothing there is vessel.
     Returns (probability float32 in [0, 1], mask uint8 in {0, 1}).
     """
-    from octasim.inference import ModelGrid, predict_probability
+    from octasim.inference import ModelGrid, predict_probability, wide_vessel_um
 
     spacing = check_spacing(spacing_um)
     if not 0.0 <= overlap < 1.0:
@@ -103,7 +152,14 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
     prob = predict_probability(model, volume, spacing, ModelGrid.from_checkpoint(state), dev, overlap=overlap,
                                sw_batch_size=sw_batch_size, tta=tta, depth_axis=depth_axis, views_um=views_um,
                                fused_views=fused_views, progress=progress, roi=roi)
-    mask = remove_small_components(prob > threshold, spacing, min_component_um3)
+    mask = prob > threshold
+    if complete_lumens:
+        mask_k, spacing_k = to_depth_last(mask, spacing, depth_axis)
+        wide_um = wide_vessel_um(ModelGrid.from_checkpoint(state))
+        mask = from_depth_last(complete_wide_lumens(mask_k, spacing_k, wide_um), depth_axis)
+        if roi is not None:
+            mask &= roi
+    mask = remove_small_components(mask, spacing, min_component_um3)
     return prob, mask
 
 
@@ -278,7 +334,8 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
                   depth_axis: str = "k", device: str = "auto", voxel_size_um: Sequence[float] | None = None,
                   sigmas_um: Sequence[float] = DEFAULT_FRANGI_SIGMAS_UM, progress: bool | None = None,
                   views_um: Sequence[float] | None = None, overwrite: bool = False, channel: int | None = None,
-                  output_format: str = "auto", roi: str | Path | None = None) -> list[SegmentResult]:
+                  output_format: str = "auto", roi: str | Path | None = None,
+                  complete_lumens: bool = True) -> list[SegmentResult]:
     """Segment NIfTI and TIFF files (or folders of them) and write, per input, into ``out_dir``:
     ``<name>_prob`` (float32) and ``<name>_mask`` (uint8 0/1) with the input's shape, and
     ``<name>_qc.png`` (mask over orthogonal slices).
@@ -287,7 +344,8 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
     the input's affine and header (a TIFF input's: ``affine_for_spacing`` of its voxel size); TIFF
     outputs (.tif) have the input's axis order and ImageJ calibration in um (an input NIfTI's: pages
     along k), so they overlay the input in Fiji. ``channel``: the channel of multi-channel TIFFs (0-based).
-    ``roi``: a NIfTI / TIFF region of interest (nonzero = imaged tissue; e.g. the cranial window drawn in
+    ``complete_lumens``: the U-Net's mask completes wide vessels below their widest slice
+    (:func:`segment_volume`). ``roi``: a NIfTI / TIFF region of interest (nonzero = imaged tissue; e.g. the cranial window drawn in
     ITK-SNAP or Fiji) with the scan's array shape, used for every input, or a folder holding one per input
     (:func:`read_roi`: ``NAME_roi.*``, or ``NAME.*`` in a folder of regions apart from the scans): nothing
     outside it is vessel (see :func:`octasim.inference.predict_probability`); an input without its region
@@ -372,7 +430,7 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
                                                 sw_batch_size=sw_batch_size, tta=tta, depth_axis=depth_axis,
                                                 min_component_um3=min_component_um3, model=net,
                                                 views_um=views_um, fused_views=fused, progress=windows,
-                                                roi=region)
+                                                roi=region, complete_lumens=complete_lumens)
                 res.views_um = tuple(fused)
             elif method == "otsu":
                 prob, mask = otsu_segment(vol.data, spacing, threshold, _clip_percentiles(state), min_component_um3,

@@ -71,7 +71,14 @@ def register(subparsers) -> None:
                    help="test-time augmentation: average every window over the four flips of the two lateral "
                         "axes (depth is never flipped). --no-tta is 3.5-5x faster and "
                         "scores slightly lower (bundled model: Dice 0.665 -> 0.662 on the deep real stack, "
-                        "0.787 -> 0.782 on the surface one)")
+                        "0.833 -> 0.827 on the surface one)")
+    p.add_argument("--lumen-completion", action=argparse.BooleanOptionalAction, default=True,
+                   help="complete the lower half of vessels wider than a quarter of the network's window "
+                        "(32 um for the bundled models) by symmetry: below the slice where such a vessel is "
+                        "widest across the lateral plane, its lumen is made as deep as it is above it "
+                        "(two-photon lumens dim with depth inside themselves and the network labels their "
+                        "upper part). In the mask only; the probability map is the network's. Bundled model, "
+                        "surface real stack: Dice 0.802 -> 0.833; the deep one, without such vessels, unchanged")
     p.add_argument("--min-component-um3", type=float, default=0.0,
                    help="remove connected vessel components smaller than this volume (um^3); 0 keeps all")
     p.add_argument("--depth-axis", choices=("i", "j", "k"), default="k",
@@ -150,13 +157,15 @@ def run(args: argparse.Namespace) -> int:
         print(model_summary(model, str(path)))
         print("lateral flips on: every window averaged over its four mirror images (--no-tta: 3.5-5x faster)"
               if args.tta else "lateral flips off (--no-tta)")
+        print("wide vessels' lower half completed below their widest slice (--no-lumen-completion to skip)"
+              if args.lumen_completion else "wide vessels not completed (--no-lumen-completion)")
         if args.threshold is not None:
             print(f"threshold {args.threshold:.2f} (--threshold)")
     if args.roi is not None:
         print(f"region of interest: {args.roi} (nothing outside it is labelled)")
     results = segment_files(args.inputs, args.out, model=model, method=args.method, threshold=args.threshold,
                             overlap=args.overlap, sw_batch_size=args.batch_size, tta=args.tta,
-                            min_component_um3=args.min_component_um3, depth_axis=args.depth_axis,
+                            complete_lumens=args.lumen_completion, min_component_um3=args.min_component_um3, depth_axis=args.depth_axis,
                             device=args.device, voxel_size_um=args.voxel_size, sigmas_um=args.sigmas_um,
                             views_um=None if isinstance(views, str) else views, overwrite=args.overwrite,
                             channel=args.channel, output_format=args.output_format, roi=args.roi)

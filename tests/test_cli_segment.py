@@ -68,6 +68,18 @@ def test_lateral_flips_are_on_unless_turned_off(tmp_path, ckpt, monkeypatch, cap
     assert f"lateral flips {'on' if expected else 'off'}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("flag, expected", [([], True), (["--no-lumen-completion"], False)])
+def test_lumen_completion_is_on_unless_turned_off(tmp_path, ckpt, monkeypatch, capsys, flag, expected):
+    import octasim.segment
+
+    seen = {}
+    monkeypatch.setattr(octasim.segment, "segment_files", lambda *a, **kw: seen.update(kw) or [])
+    src, _ = scan(tmp_path / "vol.nii.gz")
+    assert main(["segment", str(src), "--model", str(ckpt), "--out", str(tmp_path / "seg"), *flag]) == 0
+    assert seen["complete_lumens"] is expected
+    assert ("lower half completed" in capsys.readouterr().out) is expected
+
+
 def test_voxel_size_override_and_depth_axis(tmp_path, ckpt):
     src, _ = scan(tmp_path / "v.nii.gz", shape=(6, 20, 20))
     rc = main(["segment", str(src), "--model", str(ckpt), "--out", str(tmp_path / "seg"), "--device", "cpu",

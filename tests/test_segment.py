@@ -8,8 +8,8 @@ import torch
 from octasim.metrics import dice
 from octasim.model import CheckpointError, build_unet, load_checkpoint, save_checkpoint
 from octasim.nifti import read_volume
-from octasim.segment import (frangi_segment, otsu_segment, remove_small_components, segment_files,
-                             segment_volume)
+from octasim.segment import (complete_wide_lumens, frangi_segment, otsu_segment, remove_small_components,
+                             segment_files, segment_volume)
 
 TINY = {"channels": [4, 8], "strides": [2], "num_res_units": 0, "dropout": 0.0}
 
@@ -63,10 +63,11 @@ def test_segment_volume_shapes_dtypes_and_threshold():
     assert 0.0 <= prob.min() and prob.max() <= 1.0 and prob.std() > 0
     np.testing.assert_array_equal(mask, (prob > 0.5).astype(np.uint8))
     t = float(np.median(prob))
-    _, mask_t = segment_volume(img, (2.0, 2.0, 2.0), state, device="cpu", threshold=t)
+    # (without the completion of wide lumens, which adds to what the threshold gives)
+    _, mask_t = segment_volume(img, (2.0, 2.0, 2.0), state, device="cpu", threshold=t, complete_lumens=False)
     np.testing.assert_array_equal(mask_t, (prob > t).astype(np.uint8))
     # checkpoint threshold is the default
-    _, mask_c = segment_volume(img, (2.0, 2.0, 2.0), {**state, "threshold": t}, device="cpu")
+    _, mask_c = segment_volume(img, (2.0, 2.0, 2.0), {**state, "threshold": t}, device="cpu", complete_lumens=False)
     np.testing.assert_array_equal(mask_c, mask_t)
 
 
@@ -120,6 +121,68 @@ def test_remove_small_components_uses_physical_volume():
     out = remove_small_components(mask, (2.0, 2.0, 2.0), 9 * 8.0)
     assert out.sum() == 125
     np.testing.assert_array_equal(remove_small_components(mask, (1, 1, 1), 0), mask)
+
+
+def horizontal_tube(shape, radius, centre_k):
+    """A tube along j through i = shape[0] / 2, k = ``centre_k`` (voxel units); bool mask and k."""
+    i, _, k = np.meshgrid(*(np.arange(n) + 0.5 for n in shape), indexing="ij")
+    return (i - shape[0] / 2) ** 2 + (k - centre_k) ** 2 <= radius ** 2, k
+
+
+def test_complete_wide_lumens_mirrors_the_upper_half_of_wide_vessels_only():
+    from scipy.ndimage import distance_transform_edt
+
+    tube, k = horizontal_tube((96, 24, 100), 30.0, 40.0)       # 60 um wide at 1 um voxels
+    upper = tube & (k < 40.0)                                   # what the network finds: down to the middle
+    done = complete_wide_lumens(upper, (1.0, 1.0, 1.0), 32.0)
+    assert done.dtype == bool and (done >= upper).all()
+    assert (upper & tube).sum() / tube.sum() < 0.51
+    assert (done & tube).sum() / tube.sum() > 0.85              # most of the round lumen ...
+    assert distance_transform_edt(~tube)[done].max() <= 1.0     # ... and nothing outside it
+    whole = complete_wide_lumens(tube, (1.0, 1.0, 1.0), 32.0)  # a tube found whole stays as it is
+    assert distance_transform_edt(~tube)[whole].max() <= 1.0 and whole.sum() <= tube.sum() * 1.01
+    np.testing.assert_array_equal(complete_wide_lumens(upper, (1.0, 1.0, 1.0), 64.0), upper)  # narrower than asked
+    thin, k = horizontal_tube((96, 24, 100), 12.0, 40.0)        # 24 um wide: left alone at 32 um
+    np.testing.assert_array_equal(complete_wide_lumens(thin & (k < 40.0), (1.0, 1.0, 1.0), 32.0), thin & (k < 40.0))
+    i, j, k = np.meshgrid(*(np.arange(n) + 0.5 for n in (64, 64, 80)), indexing="ij")
+    diving = ((i - 32) ** 2 + (j - 32) ** 2 <= 20 ** 2) & (k < 40)  # 40 um wide along depth, ends at k = 40
+    np.testing.assert_array_equal(complete_wide_lumens(diving, (1.0, 1.0, 1.0), 32.0), diving)  # as wide at every depth
+    # anisotropic voxels: 5 um slices, 1 um pixels; the tube's lower half comes back on the slice grid
+    tube5, k5 = horizontal_tube((96, 24, 20), 6.0, 8.0)         # r = 6 slices of 5 um along k ...
+    i5 = np.arange(96)[:, None, None] + 0.5
+    tube5 = ((i5 - 48) / 30.0) ** 2 + ((k5 - 8.0) / 6.0) ** 2 <= 1.0  # ... and 30 um along i: round in um
+    done5 = complete_wide_lumens(tube5 & (k5 < 8.0), (1.0, 1.0, 5.0), 32.0)
+    assert (done5 & tube5).sum() / tube5.sum() > 0.85 and not (done5 & ~tube5).any()
+
+
+def test_segment_volume_completes_wide_lumens_in_the_mask_only(depth_axis="i"):
+    """A network that finds the bright upper half of a wide tube (its lower half dim, as two-photon
+    lumens are below the blood above them): the mask holds the whole tube, the probability only the
+    half; with ``complete_lumens=False`` the mask is the half; depth along i gives the same transposed;
+    nothing outside a region of interest."""
+    from tests.test_inference import ProbIsImage
+
+    state = {"voxel_size_um": 1.0, "patch_size": [32, 32, 32], "threshold": 0.5,
+             "preprocessing": {"clip_percentiles": [0.0, 100.0]}}
+    tube, k = horizontal_tube((48, 16, 48), 12.0, 20.0)        # 24 um wide > a quarter of the 32 um window
+    image = np.where(tube, np.where(k < 20.0, 0.9, 0.3), 0.1).astype(np.float32)
+    image[0, 0, 0] = 1.0                                        # the top of the scale
+    net = ProbIsImage()
+    prob, mask = segment_volume(image, (1.0, 1.0, 1.0), state, model=net, tta=False)
+    _, half = segment_volume(image, (1.0, 1.0, 1.0), state, model=net, tta=False, complete_lumens=False)
+    upper = tube & (k < 20.0)
+    np.testing.assert_array_equal(half.astype(bool), upper | (prob > 0.5) & ~tube)
+    assert (half.astype(bool) & tube).sum() / tube.sum() < 0.51      # the network's half ...
+    assert (mask.astype(bool) & tube).sum() / tube.sum() > 0.8       # ... completed in the mask
+    assert ((prob > 0.5) & ~upper & tube).sum() == 0                 # not in the probability
+    assert not (mask.astype(bool) & ~half.astype(bool) & ~tube).any()  # what completion adds lies in the tube
+    _, mask_i = segment_volume(np.moveaxis(image, 2, 0), (1.0, 1.0, 1.0), state, model=net, tta=False,
+                               depth_axis=depth_axis)
+    np.testing.assert_array_equal(mask_i, np.moveaxis(mask, 2, 0))
+    roi = k < 26.0
+    _, mask_roi = segment_volume(image, (1.0, 1.0, 1.0), state, model=net, tta=False, roi=roi)
+    assert not mask_roi[~roi].any() and mask_roi[tube & roi & (k > 20.0)].any()  # completed inside the region
+    np.testing.assert_array_equal(mask_roi, mask * roi)
 
 
 def test_otsu_finds_bright_tube():
