@@ -56,28 +56,21 @@ def test_unet_with_all_options(tmp_path, ckpt):
     assert sorted(p.name for p in out.glob("*.png")) == ["a_qc.png", "b_qc.png"]
 
 
-@pytest.mark.parametrize("flag, expected", [([], True), (["--no-tta"], False), (["--tta"], True)])
-def test_lateral_flips_are_on_unless_turned_off(tmp_path, ckpt, monkeypatch, capsys, flag, expected):
+@pytest.mark.parametrize("flag, key, expected, said", [
+    ([], "tta", True, "lateral flips on"), (["--no-tta"], "tta", False, "lateral flips off"),
+    (["--tta"], "tta", True, "lateral flips on"),
+    ([], "complete_lumens", True, "lower half completed"),
+    (["--no-lumen-completion"], "complete_lumens", False, "not completed (--no-lumen-completion)")])
+def test_on_off_options_are_on_unless_turned_off_and_said(tmp_path, ckpt, monkeypatch, capsys, flag, key,
+                                                          expected, said):
     import octasim.segment
 
     seen = {}
     monkeypatch.setattr(octasim.segment, "segment_files", lambda *a, **kw: seen.update(kw) or [])
     src, _ = scan(tmp_path / "vol.nii.gz")
     assert main(["segment", str(src), "--model", str(ckpt), "--out", str(tmp_path / "seg"), *flag]) == 0
-    assert seen["tta"] is expected
-    assert f"lateral flips {'on' if expected else 'off'}" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("flag, expected", [([], True), (["--no-lumen-completion"], False)])
-def test_lumen_completion_is_on_unless_turned_off(tmp_path, ckpt, monkeypatch, capsys, flag, expected):
-    import octasim.segment
-
-    seen = {}
-    monkeypatch.setattr(octasim.segment, "segment_files", lambda *a, **kw: seen.update(kw) or [])
-    src, _ = scan(tmp_path / "vol.nii.gz")
-    assert main(["segment", str(src), "--model", str(ckpt), "--out", str(tmp_path / "seg"), *flag]) == 0
-    assert seen["complete_lumens"] is expected
-    assert ("lower half completed" in capsys.readouterr().out) is expected
+    assert seen[key] is expected
+    assert said in capsys.readouterr().out
 
 
 def test_voxel_size_override_and_depth_axis(tmp_path, ckpt):
