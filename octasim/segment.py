@@ -80,7 +80,7 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
         if core.any():  # the band's voxels: within half of a centre that is half from the background
             width[..., k] = np.where(distance_transform_edt(~core, sampling=lateral) < half, dist, 0.0)
     n = m.shape[2]
-    depth = np.arange(n)[None, None, :]
+    depth = np.arange(n, dtype=np.int32)[None, None, :]  # int32: a large scan's index arrays stay small
     first = width.argmax(axis=2)[..., None]             # first widest slice of each column
     above_gap = np.maximum.accumulate(np.where(m, -1, depth), axis=2)  # last background slice at or above k
     top = np.take_along_axis(above_gap, first, axis=2) + 1             # top of the run through it
