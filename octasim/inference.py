@@ -13,7 +13,8 @@ Steps (sizes in um, arrays (i, j, k) with depth along k after :func:`to_depth_la
 4. run MONAI sliding-window inference with Gaussian blending, each window averaged over the four flips
    of its two lateral axes (test-time augmentation, ``tta``): a scan has no preferred lateral
    direction, so the average only removes the network's direction-dependent noise (never depth,
-   along which tails and attenuation point one way). Measured with v3: deep stack Dice 0.662 ->
+   along which tails and attenuation point one way). Measured with v3 (before the disk opening of
+   step 5 and the completion of wide lumens in ``octasim.segment``): deep stack Dice 0.662 ->
    0.665, surface stack 0.782 -> 0.787, synthetic selection score 0.737 -> 0.744, no volume of it
    lower by more than 0.001; adding the lateral transposes (8 transforms) gave 0.664 / 0.787. It
    costs 3.5-5x the time (a 512 x 512 x 25 stack on 2 CPU cores: 4.6 s -> 17.4 s). A view shallower

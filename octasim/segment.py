@@ -50,8 +50,8 @@ def remove_small_components(mask: np.ndarray, spacing_um: Sequence[float], min_v
 
 
 def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_width_um: float) -> np.ndarray:
-    """Each wide vessel made as deep below its widest slice as it is above it (depth along k, k = 0 the
-    surface side; ``spacing_um`` along i, j, k): returns a bool mask holding ``mask``.
+    """The widest vessel of each column made as deep below its widest slice as it is above it (depth
+    along k, k = 0 the surface side; ``spacing_um`` along i, j, k): returns a bool mask holding ``mask``.
 
     Why: two-photon excitation is scattered by the blood it crosses, so a wide lumen dims with depth
     inside itself and the network labels its upper part only (v3 on procedural surface stacks: recall
@@ -61,36 +61,55 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
     ``min_width_um`` wide (a lateral disk of that diameter fits in it), the slice where the vessel is
     widest across the lateral plane is the round cross-section's middle (the middle of the slices
     equally wide, as widths come in whole voxels); the column's run of vessel voxels from its top down
-    to that slice is mirrored below it. Nothing is added where the widest slice
-    is the top of the run (a vessel cut by the scan's top, or one running along depth, whose width does
-    not change with depth), nor in narrower vessels, nor below the scan.
+    to that slice is mirrored below it. A round section reaches no higher above its middle, in a column
+    ``d`` from its edge, than ``sqrt(2 r d - d^2)`` (``r`` its lateral half-width there), so the run is
+    taken from no higher than that: a capillary or a crossing vessel joined to it from above does not
+    deepen it. Nothing is added where the widest slice is the
+    top of the run (a vessel cut by the scan's top, or one running along depth, whose width does not
+    change with depth), nor in narrower vessels, nor below the scan. Limit: a wide sheet tilted across
+    the array's lateral edge can be extended by part of its width (outside the array is not background).
     """
-    from scipy.ndimage import distance_transform_edt
+    from scipy import ndimage
 
     m = np.asarray(mask).astype(bool)
-    lateral = tuple(float(s) for s in check_spacing(spacing_um)[:2])
+    spacing = check_spacing(spacing_um)
+    lateral = tuple(float(s) for s in spacing[:2])
     half = float(min_width_um) / 2.0
-    # in-plane distance to the background (um) of the voxels of bands at least min_width_um wide, else 0
-    width = np.zeros(m.shape, np.float32)
+    # a band n voxels wide has its middle (n + 1) / 2 voxels from the background (voxel centres)
+    core_um = half + 0.5 * min(lateral)
+    width = np.zeros(m.shape, np.float32)   # in-plane distance to the background (um) within wide bands, else 0
+    radius = np.zeros(m.shape, np.float32)  # the lateral half-width (um) of the vessel a wide band belongs to
     for k in range(m.shape[2]):
         if not m[..., k].any():
             continue
-        dist = distance_transform_edt(m[..., k], sampling=lateral)
-        core = dist >= half
-        if core.any():  # the band's voxels: within half of a centre that is half from the background
-            width[..., k] = np.where(distance_transform_edt(~core, sampling=lateral) < half, dist, 0.0)
+        dist = ndimage.distance_transform_edt(m[..., k], sampling=lateral)
+        core = dist >= core_um
+        if not core.any():
+            continue
+        band = ndimage.distance_transform_edt(~core, sampling=lateral) < half  # within half of a centre
+        width[..., k] = np.where(band, dist, 0.0)
+        parts, count = ndimage.label(m[..., k])
+        widest_part = np.concatenate([[0.0], ndimage.maximum(dist, parts, np.arange(1, count + 1))])
+        radius[..., k] = np.where(band, widest_part[parts], 0.0)
     n = m.shape[2]
-    depth = np.arange(n, dtype=np.int32)[None, None, :]  # int32: a large scan's index arrays stay small
-    first = width.argmax(axis=2)[..., None]             # first widest slice of each column
-    above_gap = np.maximum.accumulate(np.where(m, -1, depth), axis=2)  # last background slice at or above k
-    top = np.take_along_axis(above_gap, first, axis=2) + 1             # top of the run through it
-    below_gap = np.minimum.accumulate(np.where(m, n, depth)[..., ::-1], axis=2)[..., ::-1]
-    bottom = np.take_along_axis(below_gap, first, axis=2) - 1          # and its bottom
+    index = np.int16 if n < np.iinfo(np.int16).max // 2 else np.int32  # small index arrays for large scans
+    depth = np.arange(n, dtype=index)[None, None, :]
+    first = width.argmax(axis=2)[..., None].astype(index)   # first widest slice of each column
+    above_gap = np.maximum.accumulate(np.where(m, index(-1), depth), axis=2)  # last background slice at or above k
+    top = np.take_along_axis(above_gap, first, axis=2) + 1                     # top of the run through it
+    below_gap = np.minimum.accumulate(np.where(m, index(n), depth)[..., ::-1], axis=2)[..., ::-1]
+    bottom = np.take_along_axis(below_gap, first, axis=2) - 1                  # and its bottom
     # the mask's widths are whole voxels, so a round cross-section is equally wide over several
     # slices about its middle: the middle of those (within the run) is the widest slice
     widest_here = (width == width.max(axis=2, keepdims=True)) & (depth <= bottom)
-    last = n - 1 - widest_here[..., ::-1].argmax(axis=2)[..., None]
+    last = n - 1 - widest_here[..., ::-1].argmax(axis=2)[..., None].astype(index)
     middle = (first + last) // 2
+    # a column d from the background at the middle of a round section of half-width r lies r - d from
+    # its axis, so the section reaches sqrt(2 r d - d^2) above (and below) the middle there
+    r = np.take_along_axis(radius, middle.astype(np.intp), axis=2)
+    d = np.take_along_axis(width, middle.astype(np.intp), axis=2)
+    reach = np.ceil(np.sqrt(np.maximum(2.0 * r * d - d * d, 0.0)) / spacing[2]).astype(index)
+    top = np.maximum(top, middle - reach)
     fill = (depth > middle) & (depth <= 2 * middle - top) & (width.max(axis=2) > 0)[..., None]
     return m | fill
 

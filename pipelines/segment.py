@@ -29,9 +29,11 @@ The U-Net method applies the model's preprocessing (percentile clipping, scaling
 resamples the scan from its voxel size to the model's training voxel size (anisotropic
 scans such as 1 x 1 x 5 um work) and to coarser views of an image pyramid (so that vessels wider
 than the network's window are seen whole; a coarse view adds only what it calls vessel over at
-least 3 of its voxels), pads stacks shallower than the window with 0 (dark, as in training), runs
-sliding-window inference with Gaussian
-blending and resamples the probability back to the scan. Baselines: --method otsu (Otsu threshold of the normalized image) and --method frangi
+least 5 of its voxels in every lateral direction), pads stacks shallower than the window with 0
+(dark, as in training), runs sliding-window inference with Gaussian
+blending and resamples the probability back to the scan. The mask is the probability above the
+threshold, with the lower half of vessels wider than 32 um completed by symmetry below their widest
+slice (--no-lumen-completion skips it; two-photon lumens dim with depth inside themselves). Baselines: --method otsu (Otsu threshold of the normalized image) and --method frangi
 (Frangi vesselness for bright vessels, then Otsu); with them, --threshold is a fixed threshold on
 the normalized image / vesselness (0-1) instead of Otsu's.
 

@@ -155,6 +155,42 @@ def test_complete_wide_lumens_mirrors_the_upper_half_of_wide_vessels_only():
     assert (done5 & tube5).sum() / tube5.sum() > 0.85 and not (done5 & ~tube5).any()
 
 
+def test_complete_wide_lumens_adds_nothing_outside_the_vessels_it_completes():
+    """What joins a wide vessel from above, a second vessel below it in the same columns, or a narrow
+    vessel beside it must not make the completion reach outside the vessels; lateral voxel sizes count
+    in um, not voxels."""
+    from scipy.ndimage import distance_transform_edt
+
+    i, j, k = np.meshgrid(*(np.arange(n) + 0.5 for n in (96, 96, 160)), indexing="ij")
+    tube = (i - 48) ** 2 + (k - 60) ** 2 <= 20 ** 2                        # 40 um wide along j, middle at k = 60
+    capillary = ((i - 48) ** 2 + (j - 48) ** 2 <= 4) & (k < 45)           # joins it from above
+    crossing = ((j - 48) ** 2 + (k - 30) ** 2 <= 14 ** 2)                  # a vessel along i touching its top
+    below = (i - 48) ** 2 + (k - 125) ** 2 <= 20 ** 2                      # a second one under it, found whole
+    narrow = ((i - 85) ** 2 + (k - 60) ** 2 <= 8 ** 2) & (k < 60)          # 16 um wide, beside it: left alone
+    true = tube | capillary | crossing | below | narrow
+    found = (tube & (k < 60)) | capillary | crossing | below | narrow
+    done = complete_wide_lumens(found, (1.0, 1.0, 1.0), 32.0)
+    assert (done & tube).sum() / tube.sum() > 0.8                          # the tube is completed ...
+    assert distance_transform_edt(~true)[done].max() <= 1.0                # ... and nothing else is added
+    np.testing.assert_array_equal(done[70:], found[70:])                    # the narrow vessel stays its upper half
+    # 40 voxels across at 0.5 um along i is a 20 um vessel: narrower than 32 um, left alone
+    thin_i = ((i - 48) ** 2 + (k - 60) ** 2 <= 20 ** 2) & (k < 60)
+    np.testing.assert_array_equal(complete_wide_lumens(thin_i, (0.5, 1.0, 1.0), 32.0), thin_i)
+
+
+def test_segment_files_passes_the_completion_switch_on(tmp_path, ckpt, monkeypatch):
+    import octasim.segment
+
+    seen = []
+    real = octasim.segment.segment_volume
+    monkeypatch.setattr(octasim.segment, "segment_volume", lambda *a, **kw: seen.append(kw["complete_lumens"]) or real(*a, **kw))
+    img, _ = tube_volume((24, 24, 12))
+    src = write_nifti(tmp_path / "scan.nii.gz", img)
+    for on in (True, False):
+        assert segment_files([src], tmp_path / f"seg{on}", model=ckpt, device="cpu", complete_lumens=on)[0].ok
+    assert seen == [True, False]
+
+
 def test_segment_volume_completes_wide_lumens_in_the_mask_only(depth_axis="i"):
     """A network that finds the bright upper half of a wide tube (its lower half dim, as two-photon
     lumens are below the blood above them): the mask holds the whole tube, the probability only the
