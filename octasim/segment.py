@@ -64,9 +64,9 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
     to that slice is mirrored below it. A round section reaches no higher above its middle, in a column
     ``d`` from its edge, than ``sqrt(2 r d - d^2)`` (``r`` its lateral half-width there), so the run is
     taken from no higher than that: a capillary or a crossing vessel joined to it from above does not
-    deepen it. Nothing is added where the widest slice is the
-    top of the run (a vessel cut by the scan's top, or one running along depth, whose width does not
-    change with depth), nor in narrower vessels, nor below the scan. Limit: a wide sheet tilted across
+    deepen it. Nothing is added where the widest slice is the top of the run (a vessel cut by the
+    scan's top, or one running along depth, whose width does not change with depth), nor in narrower
+    vessels, nor below the scan. Limit: a wide sheet tilted across
     the array's lateral edge can be extended by part of its width (outside the array is not background).
     """
     from scipy import ndimage
@@ -168,14 +168,14 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
     else:
         dev = next(model.parameters()).device
     threshold = float(state.get("threshold", 0.5) if threshold is None else threshold)
-    prob = predict_probability(model, volume, spacing, ModelGrid.from_checkpoint(state), dev, overlap=overlap,
+    grid = ModelGrid.from_checkpoint(state)
+    prob = predict_probability(model, volume, spacing, grid, dev, overlap=overlap,
                                sw_batch_size=sw_batch_size, tta=tta, depth_axis=depth_axis, views_um=views_um,
                                fused_views=fused_views, progress=progress, roi=roi)
     mask = prob > threshold
     if complete_lumens:
         mask_k, spacing_k = to_depth_last(mask, spacing, depth_axis)
-        wide_um = wide_vessel_um(ModelGrid.from_checkpoint(state))
-        mask = from_depth_last(complete_wide_lumens(mask_k, spacing_k, wide_um), depth_axis)
+        mask = from_depth_last(complete_wide_lumens(mask_k, spacing_k, wide_vessel_um(grid)), depth_axis)
         if roi is not None:
             mask &= roi
     mask = remove_small_components(mask, spacing, min_component_um3)

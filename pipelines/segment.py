@@ -33,7 +33,8 @@ least 5 of its voxels in every lateral direction), pads stacks shallower than th
 (dark, as in training), runs sliding-window inference with Gaussian
 blending and resamples the probability back to the scan. The mask is the probability above the
 threshold, with the lower half of vessels wider than 32 um completed by symmetry below their widest
-slice (--no-lumen-completion skips it; two-photon lumens dim with depth inside themselves). Baselines: --method otsu (Otsu threshold of the normalized image) and --method frangi
+slice (--no-lumen-completion skips it; two-photon lumens dim with depth inside themselves).
+Baselines: --method otsu (Otsu threshold of the normalized image) and --method frangi
 (Frangi vesselness for bright vessels, then Otsu); with them, --threshold is a fixed threshold on
 the normalized image / vesselness (0-1) instead of Otsu's.
 
@@ -167,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"region of interest: {args.roi} (nothing outside it is labelled)")
     results = segment_files(args.inputs, args.out, model=model, method=args.method, threshold=args.threshold,
                             overlap=args.overlap, sw_batch_size=args.batch_size, tta=args.tta,
-                            complete_lumens=args.lumen_completion, min_component_um3=args.min_component_um3, depth_axis=args.depth_axis,
+                            complete_lumens=args.lumen_completion, min_component_um3=args.min_component_um3,
+                            depth_axis=args.depth_axis,
                             device=args.device, voxel_size_um=args.voxel_size, sigmas_um=args.sigmas_um,
                             views_um=None if isinstance(views, str) else views, overwrite=args.overwrite,
                             channel=args.channel, output_format=args.output_format, roi=args.roi)

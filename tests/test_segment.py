@@ -191,7 +191,7 @@ def test_segment_files_passes_the_completion_switch_on(tmp_path, ckpt, monkeypat
     assert seen == [True, False]
 
 
-def test_segment_volume_completes_wide_lumens_in_the_mask_only(depth_axis="i"):
+def test_segment_volume_completes_wide_lumens_in_the_mask_only():
     """A network that finds the bright upper half of a wide tube (its lower half dim, as two-photon
     lumens are below the blood above them): the mask holds the whole tube, the probability only the
     half; with ``complete_lumens=False`` the mask is the half; depth along i gives the same transposed;
@@ -213,7 +213,7 @@ def test_segment_volume_completes_wide_lumens_in_the_mask_only(depth_axis="i"):
     assert ((prob > 0.5) & ~upper & tube).sum() == 0                 # not in the probability
     assert not (mask.astype(bool) & ~half.astype(bool) & ~tube).any()  # what completion adds lies in the tube
     _, mask_i = segment_volume(np.moveaxis(image, 2, 0), (1.0, 1.0, 1.0), state, model=net, tta=False,
-                               depth_axis=depth_axis)
+                               depth_axis="i")
     np.testing.assert_array_equal(mask_i, np.moveaxis(mask, 2, 0))
     roi = k < 26.0
     _, mask_roi = segment_volume(image, (1.0, 1.0, 1.0), state, model=net, tta=False, roi=roi)
