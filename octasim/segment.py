@@ -50,24 +50,30 @@ def remove_small_components(mask: np.ndarray, spacing_um: Sequence[float], min_v
 
 
 def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_width_um: float) -> np.ndarray:
-    """The widest vessel of each column made as deep below its widest slice as it is above it (depth
-    along k, k = 0 the surface side; ``spacing_um`` along i, j, k): returns a bool mask holding ``mask``.
+    """The widest vessel of each column made as deep below its middle as it is above it (depth along
+    k, k = 0 the surface side; ``spacing_um`` along i, j, k): returns a bool mask holding ``mask``.
 
     Why: two-photon excitation is scattered by the blood it crosses, so a wide lumen dims with depth
     inside itself and the network labels its upper part only (v3 on procedural surface stacks: recall
     0.90 in the upper half of pial vessels, 0.18 in the lower, where the lumen is still 3x brighter than
     the tissue). A vessel is a tube and its cross-section about round, so the upper half found fixes
     the lower one. For every column (i, j) through a band of the lateral plane at least
-    ``min_width_um`` wide (a lateral disk of that diameter fits in it), the slice where the vessel is
-    widest across the lateral plane is the round cross-section's middle (the middle of the slices
-    equally wide, as widths come in whole voxels); the column's run of vessel voxels from its top down
-    to that slice is mirrored below it. A round section reaches no higher above its middle, in a column
-    ``d`` from its edge, than ``sqrt(2 r d - d^2)`` (``r`` its lateral half-width there), so the run is
-    taken from no higher than that: a capillary or a crossing vessel joined to it from above does not
-    deepen it. Nothing is added where the widest slice is the top of the run (a vessel cut by the
-    scan's top, or one running along depth, whose width does not change with depth), nor in narrower
-    vessels, nor below the scan. Limit: a wide sheet tilted across
-    the array's lateral edge can be extended by part of its width (outside the array is not background).
+    ``min_width_um`` wide (a lateral disk of that diameter fits in it), the column's run of vessel
+    voxels from its top down to the section's middle is mirrored below the middle. A column ``d`` from
+    the band's edge in a vessel of lateral half-width ``r`` (the largest disk inside the slice that
+    holds the column, :func:`inscribed_radius`, so a vessel merged with a wider one in the slice keeps
+    its own width) lies ``r - d`` from the axis, so a round section reaches ``sqrt(2 r d - d^2)`` above
+    and below its middle there. The middle is the lower of: the slice where the vessel is widest
+    across the lateral plane (the middle of the slices equally wide, as widths come in whole voxels),
+    and the run's top plus that reach. The second, because the mask narrows where the lumen dims, so
+    its widest slice can lie well above the vessel's axis (synthetic r = 60 um vessels: 25 um above);
+    it is not used where the run starts at the scan's top slice (the vessel's top may be cut off). The
+    run is taken from no higher than the reach above the widest slice: a capillary or a crossing
+    vessel joined to it from above does not deepen it. Nothing is added where the widest slice is the
+    top of a run that starts at the scan's top (a vessel cut by it), nor in a vessel running along
+    depth (its width does not change with depth, its run is longer than its reach), nor in narrower
+    vessels, nor below the scan. Limit: a wide sheet tilted across the array's lateral edge can be
+    extended by part of its width (outside the array is not background).
     """
     from scipy import ndimage
 
@@ -78,7 +84,7 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
     # a band n voxels wide has its middle (n + 1) / 2 voxels from the background (voxel centres)
     core_um = half + 0.5 * min(lateral)
     width = np.zeros(m.shape, np.float32)   # in-plane distance to the background (um) within wide bands, else 0
-    radius = np.zeros(m.shape, np.float32)  # the lateral half-width (um) of the vessel a wide band belongs to
+    height = np.zeros(m.shape, np.float32)  # how far (um) a round vessel through a wide band reaches above and below
     for k in range(m.shape[2]):
         if not m[..., k].any():
             continue
@@ -88,9 +94,7 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
             continue
         band = ndimage.distance_transform_edt(~core, sampling=lateral) < half  # within half of a centre
         width[..., k] = np.where(band, dist, 0.0)
-        parts, count = ndimage.label(m[..., k])
-        widest_part = np.concatenate([[0.0], ndimage.maximum(dist, parts, np.arange(1, count + 1))])
-        radius[..., k] = np.where(band, widest_part[parts], 0.0)
+        height[..., k] = np.where(band, round_section_reach(dist, lateral, half), 0.0)
     n = m.shape[2]
     index = np.int16 if n < np.iinfo(np.int16).max // 2 else np.int32  # small index arrays for large scans
     depth = np.arange(n, dtype=index)[None, None, :]
@@ -104,14 +108,47 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
     widest_here = (width == width.max(axis=2, keepdims=True)) & (depth <= bottom)
     last = n - 1 - widest_here[..., ::-1].argmax(axis=2)[..., None].astype(index)
     middle = (first + last) // 2
-    # a column d from the background at the middle of a round section of half-width r lies r - d from
-    # its axis, so the section reaches sqrt(2 r d - d^2) above (and below) the middle there
-    r = np.take_along_axis(radius, middle.astype(np.intp), axis=2)
-    d = np.take_along_axis(width, middle.astype(np.intp), axis=2)
-    reach = np.ceil(np.sqrt(np.maximum(2.0 * r * d - d * d, 0.0)) / spacing[2]).astype(index)
-    top = np.maximum(top, middle - reach)
-    fill = (depth > middle) & (depth <= 2 * middle - top) & (width.max(axis=2) > 0)[..., None]
+    # how far the round section through the middle reaches above and below it in this column (slices)
+    reach = np.take_along_axis(height, middle.astype(np.intp), axis=2) / spacing[2]
+    top = np.maximum(top, middle - np.ceil(reach).astype(index))
+    bottom = 2 * middle - top  # the run mirrored about the widest slice
+    # where the mask narrows above the axis, its top fixes the middle: a round section spans 2 x reach
+    # slices below its top (not for a run cut by the scan's top; rounded down)
+    bottom = np.where(top > 0, np.maximum(bottom, top + np.floor(2.0 * reach).astype(index) - 1), bottom)
+    fill = (depth >= top) & (depth <= bottom) & (width.max(axis=2) > 0)[..., None]
     return m | fill
+
+
+def round_section_reach(dist: np.ndarray, spacing_um: Sequence[float], min_radius_um: float,
+                        step: float = 1.1) -> np.ndarray:
+    """For each pixel of a 2D slice of a vessel mask, how far (um) a vessel of round cross-section
+    through the slice reaches above and below it there: the largest ``sqrt(r^2 - x^2)`` over the disks
+    of radius ``r`` >= ``min_radius_um`` inside the slice's vessels, ``x`` the pixel's distance to the
+    disk's centre; 0 where no such disk holds the pixel. ``dist``: the slice's distance transform (um,
+    pixels of ``spacing_um``). Radii are taken in steps of ``step`` (a factor; 1.1: within 10 %, rounded
+    down), one distance transform each: a disk of radius r fits about every pixel at least r from the
+    background (less half a pixel: distances are counted to the background pixels' centres).
+
+    Each vessel by its own width and centre: where a pial vessel meets a wider one in the slice, a
+    column of the narrow one is not given the reach of the wide one's widest disk.
+    """
+    from scipy import ndimage
+
+    out = np.zeros(dist.shape, np.float32)
+    rows, cols = np.nonzero(dist >= min_radius_um)
+    if rows.size == 0:
+        return out
+    largest = float(dist.max())
+    pad = [int(np.ceil(largest / s)) + 1 for s in spacing_um]  # the disks reach this far around their centres
+    box = (slice(max(rows.min() - pad[0], 0), rows.max() + pad[0] + 1),
+           slice(max(cols.min() - pad[1], 0), cols.max() + pad[1] + 1))
+    near, held = dist[box], out[box]
+    radius, half_pixel = float(min_radius_um), 0.5 * min(spacing_um)
+    while radius <= largest:
+        to_centre = ndimage.distance_transform_edt(near < radius, sampling=spacing_um)
+        np.maximum(held, np.sqrt(np.maximum((radius - half_pixel) ** 2 - to_centre ** 2, 0.0)), out=held)
+        radius *= step
+    return out
 
 
 def prepare_model(state: dict[str, Any], device: str = "auto"):

@@ -32,8 +32,8 @@ than the network's window are seen whole; a coarse view adds only what it calls 
 least 5 of its voxels in every lateral direction), pads stacks shallower than the window with 0
 (dark, as in training), runs sliding-window inference with Gaussian
 blending and resamples the probability back to the scan. The mask is the probability above the
-threshold, with the lower half of vessels wider than 32 um completed by symmetry below their widest
-slice (--no-lumen-completion skips it; two-photon lumens dim with depth inside themselves).
+threshold, with the lower half of vessels wider than 32 um completed by symmetry below their middle
+(--no-lumen-completion skips it; two-photon lumens dim with depth inside themselves).
 Baselines: --method otsu (Otsu threshold of the normalized image) and --method frangi
 (Frangi vesselness for bright vessels, then Otsu); with them, --threshold is a fixed threshold on
 the normalized image / vesselness (0-1) instead of Otsu's.
@@ -77,11 +77,12 @@ def register(subparsers) -> None:
                         "0.833 -> 0.827 on the surface one)")
     p.add_argument("--lumen-completion", action=argparse.BooleanOptionalAction, default=True,
                    help="complete the lower half of vessels wider than a quarter of the network's window "
-                        "(32 um for the bundled models) by symmetry: below the slice where such a vessel is "
-                        "widest across the lateral plane, its lumen is made as deep as it is above it "
+                        "(32 um for the bundled models) by symmetry: below the middle of such a vessel's round "
+                        "section (the slice where it is widest across the lateral plane, or lower where its top "
+                        "and width put it lower), its lumen is made as deep as it is above it "
                         "(two-photon lumens dim with depth inside themselves and the network labels their "
                         "upper part). In the mask only; the probability map is the network's. Bundled model, "
-                        "surface real stack: Dice 0.802 -> 0.833; the deep one, without such vessels, unchanged")
+                        "surface real stack: Dice 0.802 -> 0.854; the deep one, without such vessels, unchanged")
     p.add_argument("--min-component-um3", type=float, default=0.0,
                    help="remove connected vessel components smaller than this volume (um^3); 0 keeps all")
     p.add_argument("--depth-axis", choices=("i", "j", "k"), default="k",
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         print(model_summary(model, str(path)))
         print("lateral flips on: every window averaged over its four mirror images (--no-tta: 3.5-5x faster)"
               if args.tta else "lateral flips off (--no-tta)")
-        print("wide vessels' lower half completed below their widest slice (--no-lumen-completion to skip)"
+        print("wide vessels' lower half completed below their middle (--no-lumen-completion to skip)"
               if args.lumen_completion else "wide vessels not completed (--no-lumen-completion)")
         if args.threshold is not None:
             print(f"threshold {args.threshold:.2f} (--threshold)")

@@ -178,6 +178,38 @@ def test_complete_wide_lumens_adds_nothing_outside_the_vessels_it_completes():
     np.testing.assert_array_equal(complete_wide_lumens(thin_i, (0.5, 1.0, 1.0), 32.0), thin_i)
 
 
+def test_complete_wide_lumens_takes_the_middle_from_the_top_where_the_mask_narrows_above_it():
+    """A network whose mask ends 8 um above the axis (the lumen dimmed there): its widest slice is its
+    bottom, so mirroring about it alone recovers about two thirds of the tube; the run's top and the round
+    section's reach give the middle. Not where the run starts at the scan's top (the top may be cut off)."""
+    from scipy.ndimage import distance_transform_edt
+
+    tube, k = horizontal_tube((96, 16, 100), 30.0, 50.0)        # 60 um wide, top at k = 20
+    cap = tube & (k < 42.0)
+    done = complete_wide_lumens(cap, (1.0, 1.0, 1.0), 32.0)
+    assert (done & tube).sum() / tube.sum() > 0.85               # mirrored about k = 41: 0.64
+    assert distance_transform_edt(~tube)[done].max() <= 1.0
+    cut = complete_wide_lumens(cap[..., 25:], (1.0, 1.0, 1.0), 32.0)  # the scan starts 5 um below its top
+    assert not (cut & ~tube[..., 25:]).any()
+    assert (cut & tube[..., 25:]).sum() < (done & tube)[..., 25:].sum() * 0.8  # only mirrored about its bottom
+
+
+def test_complete_wide_lumens_gives_each_vessel_its_own_reach_where_vessels_meet():
+    """A 40 um vessel ending in a 100 um one, upper halves found (one component in every slice): the
+    narrow vessel is completed by its own width, not by the wide one's (which reaches 50 um below its
+    middle); only the corners where the two meet may gain a few voxels."""
+    from scipy.ndimage import distance_transform_edt
+
+    i, j, k = np.meshgrid(*(np.arange(n) + 0.5 for n in (120, 150, 130)), indexing="ij")
+    wide = (j - 95) ** 2 + (k - 60) ** 2 <= 50 ** 2                   # along i
+    narrow = ((i - 40) ** 2 + (k - 60) ** 2 <= 20 ** 2) & (j < 95)   # along j, ending in it
+    true = wide | narrow
+    done = complete_wide_lumens(true & (k < 60.0), (1.0, 1.0, 1.0), 32.0)
+    assert (done & narrow).sum() / narrow.sum() > 0.9 and (done & wide).sum() / wide.sum() > 0.9
+    outside = distance_transform_edt(~true)[done]
+    assert outside.max() <= 6.0 and (outside > 1.0).sum() < 0.01 * true.sum()
+
+
 def test_segment_files_passes_the_completion_switch_on(tmp_path, ckpt, monkeypatch):
     import octasim.segment
 
