@@ -49,7 +49,8 @@ def remove_small_components(mask: np.ndarray, spacing_um: Sequence[float], min_v
     return keep[labels].astype(np.uint8)
 
 
-def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_width_um: float) -> np.ndarray:
+def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_width_um: float,
+                         imaged: np.ndarray | None = None) -> np.ndarray:
     """The widest vessel of each column made as deep below its middle as it is above it (depth along
     k, k = 0 the surface side; ``spacing_um`` along i, j, k): returns a bool mask holding ``mask``.
 
@@ -61,19 +62,22 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
     ``min_width_um`` wide (a lateral disk of that diameter fits in it), the column's run of vessel
     voxels from its top down to the section's middle is mirrored below the middle. A column ``d`` from
     the band's edge in a vessel of lateral half-width ``r`` (the largest disk inside the slice that
-    holds the column, :func:`inscribed_radius`, so a vessel merged with a wider one in the slice keeps
+    holds the column, :func:`round_section_reach`, so a vessel merged with a wider one in the slice keeps
     its own width) lies ``r - d`` from the axis, so a round section reaches ``sqrt(2 r d - d^2)`` above
     and below its middle there. The middle is the lower of: the slice where the vessel is widest
     across the lateral plane (the middle of the slices equally wide, as widths come in whole voxels),
     and the run's top plus that reach. The second, because the mask narrows where the lumen dims, so
     its widest slice can lie well above the vessel's axis (synthetic r = 60 um vessels: 25 um above);
-    it is not used where the run starts at the scan's top slice (the vessel's top may be cut off). The
+    it is not used where the run starts at the first imaged slice of its column (the scan's top, or
+    the top of the region ``imaged``, bool, ``mask``'s shape: the vessel's top may be cut off). The
     run is taken from no higher than the reach above the widest slice: a capillary or a crossing
     vessel joined to it from above does not deepen it. Nothing is added where the widest slice is the
     top of a run that starts at the scan's top (a vessel cut by it), nor in a vessel running along
     depth (its width does not change with depth, its run is longer than its reach), nor in narrower
-    vessels, nor below the scan. Limit: a wide sheet tilted across the array's lateral edge can be
-    extended by part of its width (outside the array is not background).
+    vessels, nor below the scan. Limits: a wide sheet tilted across the array's lateral edge can be
+    extended by part of its width (outside the array is not background); a vessel flatter than round
+    (wider than deep) is deepened toward a round section, found whole or not; a scan whose top slices
+    are blank but not excluded by ``imaged`` looks as if its vessels' tops were there.
     """
     from scipy import ndimage
 
@@ -84,7 +88,6 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
     # a band n voxels wide has its middle (n + 1) / 2 voxels from the background (voxel centres)
     core_um = half + 0.5 * min(lateral)
     width = np.zeros(m.shape, np.float32)   # in-plane distance to the background (um) within wide bands, else 0
-    height = np.zeros(m.shape, np.float32)  # how far (um) a round vessel through a wide band reaches above and below
     for k in range(m.shape[2]):
         if not m[..., k].any():
             continue
@@ -94,9 +97,8 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
             continue
         band = ndimage.distance_transform_edt(~core, sampling=lateral) < half  # within half of a centre
         width[..., k] = np.where(band, dist, 0.0)
-        height[..., k] = np.where(band, round_section_reach(dist, lateral, half), 0.0)
     n = m.shape[2]
-    index = np.int16 if n < np.iinfo(np.int16).max // 2 else np.int32  # small index arrays for large scans
+    index = np.int16 if 4 * n < np.iinfo(np.int16).max else np.int32  # small index arrays (sums reach 4 n)
     depth = np.arange(n, dtype=index)[None, None, :]
     first = width.argmax(axis=2)[..., None].astype(index)   # first widest slice of each column
     above_gap = np.maximum.accumulate(np.where(m, index(-1), depth), axis=2)  # last background slice at or above k
@@ -108,13 +110,21 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
     widest_here = (width == width.max(axis=2, keepdims=True)) & (depth <= bottom)
     last = n - 1 - widest_here[..., ::-1].argmax(axis=2)[..., None].astype(index)
     middle = (first + last) // 2
-    # how far the round section through the middle reaches above and below it in this column (slices)
-    reach = np.take_along_axis(height, middle.astype(np.intp), axis=2) / spacing[2]
+    # how far the round section through the middle reaches above and below it in this column (slices),
+    # computed on the slices that are some wide column's middle only (as it is read only there)
+    reach = np.zeros(middle.shape, np.float32)
+    wide = np.take_along_axis(width, middle.astype(np.intp), axis=2) > 0
+    for k in np.unique(middle[wide]):
+        here = wide & (middle == k)
+        dist = ndimage.distance_transform_edt(m[..., k], sampling=lateral)
+        reach[here] = round_section_reach(dist, lateral, half)[here[..., 0]]
+    reach = np.minimum(reach / spacing[2], n)
     top = np.maximum(top, middle - np.ceil(reach).astype(index))
     bottom = 2 * middle - top  # the run mirrored about the widest slice
     # where the mask narrows above the axis, its top fixes the middle: a round section spans 2 x reach
-    # slices below its top (not for a run cut by the scan's top; rounded down)
-    bottom = np.where(top > 0, np.maximum(bottom, top + np.floor(2.0 * reach).astype(index) - 1), bottom)
+    # slices below its top (not for a run cut by the first imaged slice; rounded down)
+    first_imaged = 0 if imaged is None else np.asarray(imaged, bool).argmax(axis=2)[..., None].astype(index)
+    bottom = np.where(top > first_imaged, np.maximum(bottom, top + np.floor(2.0 * reach).astype(index) - 1), bottom)
     fill = (depth >= top) & (depth <= bottom) & (width.max(axis=2) > 0)[..., None]
     return m | fill
 
@@ -212,7 +222,8 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
     mask = prob > threshold
     if complete_lumens:
         mask_k, spacing_k = to_depth_last(mask, spacing, depth_axis)
-        mask = from_depth_last(complete_wide_lumens(mask_k, spacing_k, wide_vessel_um(grid)), depth_axis)
+        imaged = None if roi is None else to_depth_last(roi, spacing, depth_axis)[0]
+        mask = from_depth_last(complete_wide_lumens(mask_k, spacing_k, wide_vessel_um(grid), imaged), depth_axis)
         if roi is not None:
             mask &= roi
     mask = remove_small_components(mask, spacing, min_component_um3)

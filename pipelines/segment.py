@@ -74,7 +74,7 @@ def register(subparsers) -> None:
                    help="test-time augmentation: average every window over the four flips of the two lateral "
                         "axes (depth is never flipped). --no-tta is 3.5-5x faster and "
                         "scores slightly lower (bundled model: Dice 0.665 -> 0.662 on the deep real stack, "
-                        "0.833 -> 0.827 on the surface one)")
+                        "0.854 -> 0.851 on the surface one)")
     p.add_argument("--lumen-completion", action=argparse.BooleanOptionalAction, default=True,
                    help="complete the lower half of vessels wider than a quarter of the network's window "
                         "(32 um for the bundled models) by symmetry: below the middle of such a vessel's round "

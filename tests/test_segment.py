@@ -9,7 +9,7 @@ from octasim.metrics import dice
 from octasim.model import CheckpointError, build_unet, load_checkpoint, save_checkpoint
 from octasim.nifti import read_volume
 from octasim.segment import (complete_wide_lumens, frangi_segment, otsu_segment, remove_small_components,
-                             segment_files, segment_volume)
+                             round_section_reach, segment_files, segment_volume)
 
 TINY = {"channels": [4, 8], "strides": [2], "num_res_units": 0, "dropout": 0.0}
 
@@ -192,6 +192,27 @@ def test_complete_wide_lumens_takes_the_middle_from_the_top_where_the_mask_narro
     cut = complete_wide_lumens(cap[..., 25:], (1.0, 1.0, 1.0), 32.0)  # the scan starts 5 um below its top
     assert not (cut & ~tube[..., 25:]).any()
     assert (cut & tube[..., 25:]).sum() < (done & tube)[..., 25:].sum() * 0.8  # only mirrored about its bottom
+    imaged = k >= 25.0                                               # the same cut by a region of interest
+    in_roi = complete_wide_lumens(cap & imaged, (1.0, 1.0, 1.0), 32.0, imaged=imaged)
+    np.testing.assert_array_equal(in_roi[..., 25:], cut)
+    assert not in_roi[..., :25].any()
+
+
+def test_round_section_reach_is_each_disks_half_chord_in_um():
+    """A disk of radius 20 um (pixels 0.5 x 1 um) reaches 20 um above and below its centre and
+    sqrt(20^2 - 12^2) = 16 um at 12 um from it; a disk of 40 um touching it does not lend it its reach."""
+    from scipy.ndimage import distance_transform_edt
+
+    spacing = (0.5, 1.0)
+    i, j = np.meshgrid(np.arange(400) * 0.5 + 0.25, np.arange(160) + 0.5, indexing="ij")
+    small = (i - 40) ** 2 + (j - 80) ** 2 <= 20 ** 2
+    large = (i - 100) ** 2 + (j - 80) ** 2 <= 40 ** 2             # touches the small one at i = 60
+    for mask in (small, small | large):
+        reach = round_section_reach(distance_transform_edt(mask, sampling=spacing), spacing, 16.0)
+        assert 20 * 0.9 - 0.5 <= reach[80, 80] <= 20.0             # the centre (10 % radius steps)
+        assert abs(reach[int(52 / 0.5), 80] - 16.0) <= 2.0         # 12 um from it
+        assert not reach[~mask].any()
+    assert reach[large].max() > 35.0
 
 
 def test_complete_wide_lumens_gives_each_vessel_its_own_reach_where_vessels_meet():
@@ -251,6 +272,9 @@ def test_segment_volume_completes_wide_lumens_in_the_mask_only():
     _, mask_roi = segment_volume(image, (1.0, 1.0, 1.0), state, model=net, tta=False, roi=roi)
     assert not mask_roi[~roi].any() and mask_roi[tube & roi & (k > 20.0)].any()  # completed inside the region
     np.testing.assert_array_equal(mask_roi, mask * roi)
+    below_top = k >= 12.0                                       # a region that cuts the tube's top off:
+    _, mask_cut = segment_volume(image, (1.0, 1.0, 1.0), state, model=net, tta=False, roi=below_top)
+    assert mask_cut[tube & (k > 21.0)].any() and not (mask_cut.astype(bool) & ~tube).any()  # not taken as its top
 
 
 def test_otsu_finds_bright_tube():
