@@ -60,11 +60,11 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
     the tissue). A vessel is a tube and its cross-section about round, so the upper half found fixes
     the lower one. For every column (i, j) through a band of the lateral plane at least
     ``min_width_um`` wide (a lateral disk of that diameter fits in it), the column's run of vessel
-    voxels from its top down to the section's middle is mirrored below the middle. A column ``d`` from
-    the band's edge in a vessel of lateral half-width ``r`` (the largest disk inside the slice that
-    holds the column, :func:`round_section_reach`, so a vessel merged with a wider one in the slice keeps
-    its own width) lies ``r - d`` from the axis, so a round section reaches ``sqrt(2 r d - d^2)`` above
-    and below its middle there. The middle is the lower of: the slice where the vessel is widest
+    voxels from its top down to the section's middle is mirrored below the middle. A round section
+    reaches ``sqrt(r^2 - x^2)`` above and below its middle in a column ``x`` from its axis, ``r`` its
+    radius: the largest such reach over the disks inside the slice's vessels that hold the column
+    (:func:`round_section_reach`, so a vessel merged with a wider one in the slice keeps its own width).
+    The middle is the lower of: the slice where the vessel is widest
     across the lateral plane (the middle of the slices equally wide, as widths come in whole voxels),
     and the run's top plus that reach. The second, because the mask narrows where the lumen dims, so
     its widest slice can lie well above the vessel's axis (synthetic r = 60 um vessels: 25 um above);
@@ -72,7 +72,7 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
     the top of the region ``imaged``, bool, ``mask``'s shape: the vessel's top may be cut off). The
     run is taken from no higher than the reach above the widest slice: a capillary or a crossing
     vessel joined to it from above does not deepen it. Nothing is added where the widest slice is the
-    top of a run that starts at the scan's top (a vessel cut by it), nor in a vessel running along
+    top of a run that starts at the first imaged slice (a vessel cut by it), nor in a vessel running along
     depth (its width does not change with depth, its run is longer than its reach), nor in narrower
     vessels, nor below the scan. Limits: a wide sheet tilted across the array's lateral edge can be
     extended by part of its width (outside the array is not background); a vessel flatter than round
@@ -197,7 +197,7 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
     ``fused_views``: a list that receives the voxel sizes (um) of the views fused. ``progress``: a
     tqdm-like bar, reset to the windows of every view and advanced as they are done. ``roi``: the
     imaged region (nonzero = inside, the volume's shape; :func:`check_roi`): the network sees no
-    signal outside it and nothing there is vessel.
+    signal outside it and nothing there is vessel; the completion does not take its top for a vessel's.
     Returns (probability float32 in [0, 1], mask uint8 in {0, 1}).
     """
     from octasim.inference import ModelGrid, predict_probability, wide_vessel_um
@@ -411,8 +411,8 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
     the input's affine and header (a TIFF input's: ``affine_for_spacing`` of its voxel size); TIFF
     outputs (.tif) have the input's axis order and ImageJ calibration in um (an input NIfTI's: pages
     along k), so they overlay the input in Fiji. ``channel``: the channel of multi-channel TIFFs (0-based).
-    ``complete_lumens``: the U-Net's mask completes wide vessels below their widest slice
-    (:func:`segment_volume`). ``roi``: a NIfTI / TIFF region of interest (nonzero = imaged tissue; e.g. the cranial window drawn in
+    ``complete_lumens``: the U-Net's mask completes wide vessels below their round section's middle
+    (:func:`segment_volume`, :func:`complete_wide_lumens`). ``roi``: a NIfTI / TIFF region of interest (nonzero = imaged tissue; e.g. the cranial window drawn in
     ITK-SNAP or Fiji) with the scan's array shape, used for every input, or a folder holding one per input
     (:func:`read_roi`: ``NAME_roi.*``, or ``NAME.*`` in a folder of regions apart from the scans): nothing
     outside it is vessel (see :func:`octasim.inference.predict_probability`); an input without its region

@@ -72,14 +72,16 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (GPU memory / speed)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="test-time augmentation: average every window over the four flips of the two lateral "
-                        "axes (depth is never flipped). --no-tta is 3.5-5x faster and "
+                        "axes (depth is never flipped). --no-tta is 2.5-4x faster and "
                         "scores slightly lower (bundled model: Dice 0.665 -> 0.662 on the deep real stack, "
                         "0.854 -> 0.851 on the surface one)")
     p.add_argument("--lumen-completion", action=argparse.BooleanOptionalAction, default=True,
                    help="complete the lower half of vessels wider than a quarter of the network's window "
                         "(32 um for the bundled models) by symmetry: below the middle of such a vessel's round "
-                        "section (the slice where it is widest across the lateral plane, or lower where its top "
-                        "and width put it lower), its lumen is made as deep as it is above it "
+                        "section (the slice where its mask is widest across the lateral plane or, if lower, the "
+                        "mask's top plus the depth (um) a round section of its width reaches above its middle; "
+                        "not where the mask starts at the scan's first slice or the top of --roi), its lumen is "
+                        "made as deep as it is above it; a vessel wider than deep is deepened toward a round section "
                         "(two-photon lumens dim with depth inside themselves and the network labels their "
                         "upper part). In the mask only; the probability map is the network's. Bundled model, "
                         "surface real stack: Dice 0.802 -> 0.854; the deep one, without such vessels, unchanged")
@@ -159,9 +161,9 @@ def run(args: argparse.Namespace) -> int:
         if views == "single":
             views = [ModelGrid.from_checkpoint(model).voxel_size_um]
         print(model_summary(model, str(path)))
-        print("lateral flips on: every window averaged over its four mirror images (--no-tta: 3.5-5x faster)"
+        print("lateral flips on: every window averaged over its four mirror images (--no-tta: 2.5-4x faster)"
               if args.tta else "lateral flips off (--no-tta)")
-        print("wide vessels' lower half completed below their middle (--no-lumen-completion to skip)"
+        print("wide vessels' lower half completed below their round section's middle (--no-lumen-completion to skip)"
               if args.lumen_completion else "wide vessels not completed (--no-lumen-completion)")
         if args.threshold is not None:
             print(f"threshold {args.threshold:.2f} (--threshold)")
