@@ -22,8 +22,8 @@ issue 9: the bundled model >= 0.10 above Otsu on Dice and clDice on each stack).
 Modes (the ablation of the image pyramid, ``octasim.inference``): ``single`` = the training grid only;
 ``pyramid`` = the default path of ``octasim segment`` (a coarser view fused only if it finds a vessel
 wider than its finer neighbour segments whole, ``octasim.inference.finds_wide_vessels``, each window
-averaged over its four lateral flips, wide vessels completed below their widest slice as ``segment``
-does, ``octasim.segment.complete_wide_lumens``, in every mode but one); ``no-tta`` = the default path
+averaged over its four lateral flips, the mask made as ``segment`` makes it, wide vessels completed
+below their round section's middle, ``octasim.segment.mask_from_probability``, in every mode but one); ``no-tta`` = the default path
 without the flips; ``no-completion`` = the default path without that completion; ``all-views`` = every
 view the checkpoint allows, whether needed or not; ``max`` = all views fused by a plain maximum
 (coarse views not opened); ``unflattened`` = all views without flattening the coarse views' gain
@@ -100,11 +100,10 @@ def predict(state: dict, model, image: np.ndarray, mode: str) -> np.ndarray:
 
 
 def run_model(label_name: str, state: dict, stacks, modes) -> list[dict]:
-    from octasim.inference import ModelGrid, pyramid_voxel_sizes, wide_vessel_um
-    from octasim.segment import complete_wide_lumens, prepare_model
+    from octasim.inference import ModelGrid, pyramid_voxel_sizes
+    from octasim.segment import mask_from_probability, prepare_model
 
     model, _ = prepare_model(state, "cpu")
-    threshold = float(state.get("threshold", 0.5))
     views = pyramid_voxel_sizes(ModelGrid.from_checkpoint(state))
     rows = []
     for mode in modes:
@@ -112,9 +111,8 @@ def run_model(label_name: str, state: dict, stacks, modes) -> list[dict]:
             continue
         for name, image, label in stacks:
             t = time.perf_counter()
-            mask = predict(state, model, image, mode) > threshold
-            if mode != "no-completion":
-                mask = complete_wide_lumens(mask, SPACING_UM, wide_vessel_um(ModelGrid.from_checkpoint(state)))
+            mask = mask_from_probability(predict(state, model, image, mode), SPACING_UM, state,
+                                         complete_lumens=mode != "no-completion") > 0
             seconds = time.perf_counter() - t
             rows.append({"method": f"{label_name} [{mode}]", "stack": name, "seconds": seconds,
                          **scores(mask, label)})

@@ -200,7 +200,7 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
     signal outside it and nothing there is vessel; the completion does not take its top for a vessel's.
     Returns (probability float32 in [0, 1], mask uint8 in {0, 1}).
     """
-    from octasim.inference import ModelGrid, predict_probability, wide_vessel_um
+    from octasim.inference import ModelGrid, predict_probability
 
     spacing = check_spacing(spacing_um)
     if not 0.0 <= overlap < 1.0:
@@ -214,20 +214,34 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
         model, dev = prepare_model(state, device)
     else:
         dev = next(model.parameters()).device
-    threshold = float(state.get("threshold", 0.5) if threshold is None else threshold)
-    grid = ModelGrid.from_checkpoint(state)
-    prob = predict_probability(model, volume, spacing, grid, dev, overlap=overlap,
+    prob = predict_probability(model, volume, spacing, ModelGrid.from_checkpoint(state), dev, overlap=overlap,
                                sw_batch_size=sw_batch_size, tta=tta, depth_axis=depth_axis, views_um=views_um,
                                fused_views=fused_views, progress=progress, roi=roi)
+    return prob, mask_from_probability(prob, spacing, state, threshold, depth_axis, roi, complete_lumens,
+                                       min_component_um3)
+
+
+def mask_from_probability(prob: np.ndarray, spacing_um: Sequence[float], state: dict[str, Any],
+                          threshold: float | None = None, depth_axis: str = "k", roi: np.ndarray | None = None,
+                          complete_lumens: bool = True, min_component_um3: float = 0.0) -> np.ndarray:
+    """The mask :func:`segment_volume` makes of a U-Net probability (the scan's shape, voxel size
+    ``spacing_um`` um): probability > ``threshold`` (default: the checkpoint's, else 0.5), wide lumens
+    completed (``complete_lumens``, :func:`complete_wide_lumens` with the checkpoint's wide-vessel
+    width; the top of ``roi`` is not taken for a vessel's; nothing outside it), then components
+    smaller than ``min_component_um3`` um^3 removed. uint8 in {0, 1}."""
+    from octasim.inference import ModelGrid, wide_vessel_um
+
+    spacing = check_spacing(spacing_um)
+    threshold = float(state.get("threshold", 0.5) if threshold is None else threshold)
     mask = prob > threshold
     if complete_lumens:
         mask_k, spacing_k = to_depth_last(mask, spacing, depth_axis)
         imaged = None if roi is None else to_depth_last(roi, spacing, depth_axis)[0]
-        mask = from_depth_last(complete_wide_lumens(mask_k, spacing_k, wide_vessel_um(grid), imaged), depth_axis)
+        wide_um = wide_vessel_um(ModelGrid.from_checkpoint(state))
+        mask = from_depth_last(complete_wide_lumens(mask_k, spacing_k, wide_um, imaged), depth_axis)
         if roi is not None:
             mask &= roi
-    mask = remove_small_components(mask, spacing, min_component_um3)
-    return prob, mask
+    return remove_small_components(mask, spacing, min_component_um3)
 
 
 def check_roi(roi: np.ndarray | None, shape: Sequence[int]) -> np.ndarray | None:

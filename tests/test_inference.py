@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from octasim.inference import MAX_GAIN_CORRECTION, ModelGrid, fills_window, finds_wide_vessels, local_brightness, \
-    predict_probability, pyramid_voxel_sizes, trained_voxel_range, wide_part, widest_vessel_um, lateral_disk
+from octasim.inference import MAX_GAIN_CORRECTION, ModelGrid, fills_window, finds_wide_vessels, lateral_disk, \
+    local_brightness, predict_probability, pyramid_voxel_sizes, trained_voxel_range, wide_part, widest_vessel_um
 
 
 class ProbIsImage(torch.nn.Module):

@@ -11,8 +11,8 @@ from octasim.inference import widest_vessel_um
 from octasim.metrics import dice
 from octasim.model import CheckpointError, build_unet, load_checkpoint, save_checkpoint
 from octasim.nifti import read_volume
-from octasim.segment import (complete_wide_lumens, frangi_segment, otsu_segment, remove_small_components,
-                             round_section_reach, segment_files, segment_volume)
+from octasim.segment import (complete_wide_lumens, frangi_segment, mask_from_probability, otsu_segment,
+                             remove_small_components, round_section_reach, segment_files, segment_volume)
 
 TINY = {"channels": [4, 8], "strides": [2], "num_res_units": 0, "dropout": 0.0}
 
@@ -302,6 +302,22 @@ def test_segment_volume_completes_wide_lumens_in_the_mask_only():
     below_top = k >= 12.0                                       # a region that cuts the tube's top off:
     _, mask_cut = segment_volume(image, (1.0, 1.0, 1.0), state, model=net, tta=False, roi=below_top)
     assert mask_cut[tube & (k > 21.0)].any() and not (mask_cut.astype(bool) & ~tube).any()  # not taken as its top
+
+
+def test_mask_from_probability_is_the_mask_segment_volume_makes():
+    """The benchmark scores masks made by this function from a probability; they must be segment's."""
+    from tests.test_inference import ProbIsImage
+
+    state = {"voxel_size_um": 1.0, "patch_size": [32, 32, 32], "threshold": 0.5,
+             "preprocessing": {"clip_percentiles": [0.0, 100.0]}}
+    tube, k = horizontal_tube((48, 16, 48), 12.0, 20.0)
+    image = np.where(tube, np.where(k < 20.0, 0.9, 0.3), 0.1).astype(np.float32)
+    image[0, 0, 0] = 1.0
+    roi = k >= 12.0
+    for kw in ({}, {"roi": roi}, {"complete_lumens": False}, {"threshold": 0.2, "min_component_um3": 50.0}):
+        prob, mask = segment_volume(image, (1.0, 1.0, 1.0), state, model=ProbIsImage(), tta=False, **kw)
+        np.testing.assert_array_equal(mask_from_probability(prob, (1.0, 1.0, 1.0), state, **kw), mask)
+    assert mask_from_probability(prob, (1.0, 1.0, 1.0), state).sum() > (prob > 0.5).sum()  # completed
 
 
 def test_otsu_finds_bright_tube():
