@@ -60,6 +60,14 @@ view finds with v3 (um): deep stack 25 (4 um) / 50 (8 um), surface stack 107 / 1
 probability > 0.5 (not the checkpoint's threshold): one wide vessel anywhere fuses the view over the
 whole scan, which is the plain pyramid. A weak model whose coarse view labels a wide vessel only in
 part under-reports it and loses the view (v3 seed 1: synthetic 60 um vessel recall 0.68 -> 0.28).
+And what the view calls a wide vessel must be at least ``MIN_LUMEN_CONTRAST`` (2) times as bright as
+what it calls tissue in the image it saw (:func:`lumen_contrast`: mean over the wide part, median of
+the tissue), the lumen / tissue contrast the gain correction assumes: snapshots of v3's recipe at
+2,000 and 2,500 steps called stretches of deep synthetic volumes vessels 170-180 um wide at the 8 um
+view, only 1.4-1.9x as bright as the rest, and labelled 46 % of them (Dice 0.07-0.09); the wide
+vessels v3 finds measure 3.0-13 (surface stack 6-7, synthetic two-photon and OCTA vessels of r 30-60
+um 3.0-13). At 1.5, the dimmest lumen / tissue contrast of real two-photon stacks, two of the four
+false 8 um views measured were stopped.
 
 Why a pyramid: a network labels a vessel only if its window (patch x voxel size) sees the vessel's
 walls and some tissue around it; inside a vessel wider than the window it sees a bright, textureless
@@ -94,6 +102,10 @@ DEFAULT_VOXEL_SIZE_UM = 2.0
 #: coarse views' gain is corrected at most this much (factor): about the lumen / tissue contrast of
 #: two-photon stacks (1.5-6, median 2-5), so tissue far from any vessel is never lifted to a vessel's brightness
 MAX_GAIN_CORRECTION = 2.0
+#: a coarse view is fused only if what it calls a wide vessel is at least this many times as bright as
+#: what it calls tissue: the lumen / tissue contrast the gain correction already assumes (a wide lumen
+#: is brighter than tissue in both modalities; OCTA lumens more so)
+MIN_LUMEN_CONTRAST = MAX_GAIN_CORRECTION
 
 
 @dataclass(frozen=True)
@@ -255,13 +267,33 @@ def widest_vessel_um(mask: np.ndarray, voxel_um: float) -> float:
     return max(2.0 * widest - 1.0, 0.0) * float(voxel_um)
 
 
-def finds_wide_vessels(prob: np.ndarray, voxel_um: float, finer_voxel_um: float, grid: ModelGrid) -> bool:
+def finds_wide_vessels(prob: np.ndarray, voxel_um: float, finer_voxel_um: float, grid: ModelGrid,
+                       view: np.ndarray | None = None) -> bool:
     """Whether a coarse view (vessel probability ``prob`` on its own grid of ``voxel_um`` um) holds a
     vessel wider than the next finer view (``finer_voxel_um``) segments whole: a quarter of that
     view's lateral window (``WINDOW_PER_VESSEL``), measured by :func:`widest_vessel_um` on what this
     view calls vessel (probability > 0.5). Only then is the coarse view fused: it exists for such
-    vessels, and elsewhere it only blurs (false vessels around bright thin ones)."""
-    return widest_vessel_um(prob > 0.5, voxel_um) > wide_vessel_um(grid, finer_voxel_um)
+    vessels, and elsewhere it only blurs (false vessels around bright thin ones). Given the ``view``
+    itself (the image the network saw, ``prob``'s shape), its wide vessels must also be brighter than
+    its tissue by :data:`MIN_LUMEN_CONTRAST` (:func:`lumen_contrast`): a lumen is brighter than the
+    tissue around it in both modalities, while a view that calls a stretch of dim tissue a wide
+    vessel (a weak model on a deep volume) finds it barely brighter (1.4-1.9)."""
+    if widest_vessel_um(prob > 0.5, voxel_um) <= wide_vessel_um(grid, finer_voxel_um):
+        return False
+    return view is None or lumen_contrast(view, prob) >= MIN_LUMEN_CONTRAST
+
+
+def lumen_contrast(view: np.ndarray, prob: np.ndarray) -> float:
+    """How many times brighter a coarse view's wide vessels are than its tissue: the mean of ``view``
+    over what :func:`wide_part` keeps of ``prob`` (> 0.5), over the median of ``view`` where ``prob``
+    <= 0.5 and the view holds signal (> 0: not the region outside ``--roi`` nor the clipped floor).
+    0 without a wide part; infinite where no tissue holds signal."""
+    wide = wide_part(prob) > 0.5
+    if not wide.any():
+        return 0.0
+    tissue = (prob <= 0.5) & (view > 0)
+    floor = float(np.median(view[tissue])) if tissue.any() else 0.0
+    return float(view[wide].mean()) / floor if floor > 0 else float("inf")
 
 
 def wide_vessel_um(grid: ModelGrid, voxel_um: float | None = None) -> float:
@@ -386,7 +418,7 @@ def predict_probability(model, volume: np.ndarray, spacing_um: Sequence[float], 
         prob = predict_view(model, net_in, grid.patch_size, device, overlap, sw_batch_size, tta, progress)
         if inside is not None:
             prob *= resample(inside, prob.shape) >= 0.5
-        if n > 0 and views_um is None and not finds_wide_vessels(prob, views[n], views[n - 1], grid):
+        if n > 0 and views_um is None and not finds_wide_vessels(prob, views[n], views[n - 1], grid, net_in):
             continue
         if n > 0 and fusion == "wide":
             prob = wide_part(prob)

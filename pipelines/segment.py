@@ -102,7 +102,8 @@ def register(subparsers) -> None:
                    help="voxel sizes (um) of the image pyramid's views, finest first: 'auto' (the model's "
                         "training grid and coarser views up to a window of four times the widest cortical vessel, "
                         "within the voxel sizes it was trained on; a coarser view is fused only if it finds a "
-                        "vessel wider than a quarter of its finer neighbour's window), 'single' (the training "
+                        "vessel wider than a quarter of its finer neighbour's window, at least twice as bright as the "
+                        "tissue), 'single' (the training "
                         "grid only), or numbers (exactly these views, all fused)")
     p.add_argument("--roi", default=None, metavar="FILE|DIR",
                    help="region of interest: a NIfTI / TIFF with the scan's array shape, nonzero where tissue was "

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from octasim.inference import MAX_GAIN_CORRECTION, ModelGrid, fills_window, finds_wide_vessels, lateral_disk, \
-    local_brightness, predict_probability, pyramid_voxel_sizes, trained_voxel_range, wide_part, widest_vessel_um
+from octasim.inference import MAX_GAIN_CORRECTION, MIN_LUMEN_CONTRAST, ModelGrid, fills_window, finds_wide_vessels, \
+    lateral_disk, local_brightness, lumen_contrast, predict_probability, pyramid_voxel_sizes, trained_voxel_range, \
+    wide_part, widest_vessel_um
 
 
 class ProbIsImage(torch.nn.Module):
@@ -231,6 +232,28 @@ def test_widest_vessel_is_measured_across_the_lateral_plane():
     prob[10:19, :, 1] = 0.9                       # 9 voxels = 72 um
     assert finds_wide_vessels(prob, 8.0, 4.0, grid)
     assert not finds_wide_vessels(prob, 8.0, 8.0, grid)   # the 8 um view's own quarter window: 128 um
+
+
+def test_coarse_view_fused_only_where_its_wide_vessel_is_brighter_than_tissue():
+    """A view that calls a stretch of dim tissue a wide vessel is not fused: the lumen must be at least
+    MIN_LUMEN_CONTRAST times as bright as the tissue (mean over the wide part / median of the rest)."""
+    grid = ModelGrid(2.0, (64,) * 3, max_voxel_size_um=8.0)
+    prob = np.zeros((64, 64, 4), np.float32)
+    prob[10:19, :, 1] = 0.9                       # 72 um wide: wide enough for the 8 um view
+    view = np.full(prob.shape, 0.2, np.float32)   # tissue
+    view[10:19, :, 1] = 0.6                       # a lumen 3x as bright: a vessel
+    assert lumen_contrast(view, prob) == pytest.approx(3.0)
+    assert finds_wide_vessels(prob, 8.0, 4.0, grid, view)
+    view[10:19, :, 1] = 0.2 * (MIN_LUMEN_CONTRAST - 0.3)   # barely brighter than the tissue
+    assert not finds_wide_vessels(prob, 8.0, 4.0, grid, view)
+    assert finds_wide_vessels(prob, 8.0, 4.0, grid)         # without the view: width alone decides
+    view[:] = 0.0                                 # no signal outside the region imaged: not tissue
+    view[10:19, :, 1] = 0.6
+    view[30:40] = 0.2
+    assert lumen_contrast(view, prob) == pytest.approx(3.0)
+    view[30:40] = 0.0
+    assert lumen_contrast(view, prob) == float("inf")       # no tissue with signal at all
+    assert lumen_contrast(view, np.zeros_like(prob)) == 0.0  # nothing wide
 
 
 class Widens(torch.nn.Module):
