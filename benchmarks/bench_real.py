@@ -22,7 +22,8 @@ issue 9: the bundled model >= 0.10 above Otsu on Dice and clDice on each stack).
 
 Modes (the ablation of the image pyramid, ``octasim.inference``): ``single`` = the training grid only;
 ``pyramid`` = the default path of ``octasim segment`` (a coarser view fused only if it finds a vessel
-wider than its finer neighbour segments whole, ``octasim.inference.finds_wide_vessels``, each window
+wider than its finer neighbour segments whole and twice as bright as its tissue,
+``octasim.inference.finds_wide_vessels``, each window
 averaged over its four lateral flips, the mask made as ``segment`` makes it, wide vessels completed
 below their round section's middle, ``octasim.segment.mask_from_probability``, in every mode but one); ``no-tta`` = the default path
 without the flips; ``no-completion`` = the default path without that completion; ``all-views`` = every
@@ -214,9 +215,10 @@ def dimmed_slab(gain: float) -> tuple[np.ndarray, np.ndarray]:
 def deep_volumes(n: int = 3):
     """Procedural two-photon volumes of deep cortex, (image, label) at 2 um voxels: 512 x 512 x 128 um
     windows 150-300 um below the surface (capillaries and penetrating vessels, a few % vessel), labels
-    generous by partial volume as the training labels; what ``octasim generate --profile two-photon
-    --shape 256 256 64 --voxel-size 2 --seed 12 --depth-offset-um 150 300 --label-min-occupancy 0.1``
-    writes."""
+    generous by partial volume as the training labels (``SynthConfig.label_min_occupancy`` 0.1: a voxel a
+    tenth inside a lumen is vessel; ``octasim generate --profile two-photon --shape 256 256 64
+    --voxel-size 2 --seed 12 --depth-offset-um 150 300`` writes the same images with the centre-test
+    label)."""
     from octasim.synth.config import SynthConfig
     from octasim.synth.sample import render_sample
 
@@ -332,9 +334,10 @@ def surface_stack_scores(state: dict) -> None:
 
 def octa_volumes(n: int = 3):
     """Procedural OCTA volumes at the reference method's test geometry (160^3 voxels at 2 um from the
-    brain surface down, DESIGN.md), ``n`` of each OCTA profile: (name, image, label); what ``octasim
-    generate --profile paper --shape 160 160 160 --voxel-size 2 --seed 101 --label-min-occupancy 0.1``
-    (and ``--profile octa``) writes. Exact labels, generous by partial volume as the training labels."""
+    brain surface down, DESIGN.md), ``n`` of each OCTA profile: (name, image, label). Labels exact by
+    construction and generous by partial volume as the training labels (``label_min_occupancy`` 0.1);
+    ``octasim generate --profile paper --shape 160 160 160 --voxel-size 2 --seed 101`` (and ``--profile
+    octa``) writes the same images with the centre-test label."""
     from octasim.synth.config import SynthConfig
     from octasim.synth.sample import render_sample
 
@@ -346,17 +349,23 @@ def octa_volumes(n: int = 3):
             yield f"{profile} {index}", sample.image, sample.label > 0
 
 
-def false_positive_shares(mask: np.ndarray, label: np.ndarray) -> tuple[float, float, float]:
+def false_positive_shares(mask: np.ndarray, label: np.ndarray, tail_voxels: int = 10) -> tuple[float, ...]:
     """Where a mask's false voxels lie: shares (near, tail, elsewhere) of them within one voxel of a
-    labelled voxel, farther but below a labelled voxel of their column (depth = k: where OCTA
-    projection tails hang), and the rest (mostly isolated blobs in noise)."""
+    labelled voxel, farther but at most ``tail_voxels`` below a labelled voxel of their column (depth =
+    k: where OCTA projection tails are brightest), and the rest; then the share of the unlabelled
+    volume in that tail region (what a mask placed at random would find there)."""
     from scipy import ndimage
 
+    near_label = ndimage.binary_dilation(label, np.ones((3, 3, 3), bool))
+    below = np.zeros_like(label)
+    for d in range(1, tail_voxels + 1):
+        below[:, :, d:] |= label[:, :, :-d]
+    tail_region = below & ~near_label
     false = mask & ~label
-    near = false & ndimage.binary_dilation(label, np.ones((3, 3, 3), bool))
-    tail = false & ~near & np.maximum.accumulate(label, axis=2)
+    near, tail = false & near_label, false & tail_region
     total = max(int(false.sum()), 1)
-    return near.sum() / total, tail.sum() / total, (false & ~near & ~tail).sum() / total
+    chance = tail_region.sum() / max(int((~label).sum()), 1)
+    return near.sum() / total, tail.sum() / total, (false & ~near & ~tail).sum() / total, chance
 
 
 def octa_volume_scores(state: dict) -> None:
@@ -371,13 +380,13 @@ def octa_volume_scores(state: dict) -> None:
         _, otsu = otsu_segment(image, (2.0, 2.0, 2.0))
         _, mask = segment_volume(image, (2.0, 2.0, 2.0), state, model=model)
         o, s = scores(otsu > 0, label), scores(mask > 0, label)
-        near, tail, other = false_positive_shares(mask > 0, label)
+        near, tail, other, chance = false_positive_shares(mask > 0, label)
         means["otsu"].append((o["dice"], o["cldice"]))
         means["model"].append((s["dice"], s["cldice"]))
         print(f"  {name}: Otsu {o['dice']:.3f} / {o['cldice']:.3f}, model Dice {s['dice']:.3f}, clDice "
               f"{s['cldice']:.3f}, precision {s['precision']:.3f}, recall {s['recall']:.3f}, vessel "
-              f"{(mask > 0).mean():.3f} / {label.mean():.3f}; false voxels near / in tails / elsewhere "
-              f"{near:.2f} / {tail:.2f} / {other:.2f}")
+              f"{(mask > 0).mean():.3f} / {label.mean():.3f}; false voxels near / in tails (0-20 um below a "
+              f"vessel) / elsewhere {near:.2f} / {tail:.2f} / {other:.2f} (tail region: {chance:.2f} of the volume)")
     for key, values in means.items():
         d, c = np.mean(values, axis=0)
         print(f"  mean {key}: Dice {d:.3f}, clDice {c:.3f}")
@@ -399,12 +408,21 @@ def main(argv=None) -> int:
                    help="also segment three procedural two-photon surface stacks (pial vessels r 20-45 um) "
                         "with and without the completion of wide lumens")
     p.add_argument("--octa-volumes", action="store_true",
-                   help="also segment six procedural OCTA volumes at the reference's test geometry (160^3 at 2 um)")
+                   help="only six procedural OCTA volumes at the reference's test geometry (160^3 at 2 um), Otsu "
+                        "against each model (no real stack)")
     p.add_argument("--selection-score", action="store_true",
                    help="only the synthetic scores of each model (no real stack): the wide-vessel and "
                         "dimmed-slab score, procedural surface, deep and OCTA volumes, and the suite score "
                         "(mean of the four)")
     args = p.parse_args(argv)
+    if args.octa_volumes:
+        from octasim.model import load_checkpoint
+        from octasim.models import bundled_model_path
+
+        for path in args.models or [bundled_model_path()]:
+            print(path)
+            octa_volume_scores(load_checkpoint(path))
+        return 0
     if args.selection_score:
         from octasim.models import bundled_model_path
 
@@ -445,8 +463,6 @@ def main(argv=None) -> int:
         dim_vessel_recall(state)
     if args.surface_stacks and state is not None:
         surface_stack_scores(state)
-    if args.octa_volumes and state is not None:
-        octa_volume_scores(state)
     if args.timing and state is not None:
         timing(state)
     return 0

@@ -64,10 +64,14 @@ And what the view calls a wide vessel must be at least ``MIN_LUMEN_CONTRAST`` (2
 what it calls tissue in the image it saw (:func:`lumen_contrast`: mean over the wide part, median of
 the tissue), the lumen / tissue contrast the gain correction assumes: snapshots of v3's recipe at
 2,000 and 2,500 steps called stretches of deep synthetic volumes vessels 170-180 um wide at the 8 um
-view, only 1.4-1.9x as bright as the rest, and labelled 46 % of them (Dice 0.07-0.09); the wide
+view, only 1.4-1.9x as bright as the rest, and labelled 46 % of them (Dice 0.07-0.20); the wide
 vessels v3 finds measure 3.0-13 (surface stack 6-7, synthetic two-photon and OCTA vessels of r 30-60
 um 3.0-13). At 1.5, the dimmest lumen / tissue contrast of real two-photon stacks, two of the four
-false 8 um views measured were stopped.
+false 8 um views measured were stopped. Limit: one contrast per view, over all its wide parts, so a
+large dim false region and a bright true vessel in the same view are fused or dropped together
+(judging each region by itself was not tried: it would put the real surface stack's dim half, 3x
+dimmer than the other, at risk); and a real stack whose wide lumens are under twice
+as bright as its tissue loses its coarse views (none measured so far: 3.0 and more).
 
 Why a pyramid: a network labels a vessel only if its window (patch x voxel size) sees the vessel's
 walls and some tissue around it; inside a vessel wider than the window it sees a bright, textureless
@@ -384,8 +388,8 @@ def predict_probability(model, volume: np.ndarray, spacing_um: Sequence[float], 
 
     ``spacing_um``: voxel size along the array axes (um). ``views_um``: voxel sizes (um) of the
     pyramid's views, finest first, all of them fused; default: the views of :func:`scan_view_sizes`,
-    each coarser one fused only if it finds vessels its finer neighbour cannot segment whole
-    (:func:`finds_wide_vessels`). ``fusion``: ``"wide"`` (coarse views opened, the documented rule) or ``"max"``
+    each coarser one fused only if it finds vessels its finer neighbour cannot segment whole, at least
+    twice as bright as its tissue (:func:`finds_wide_vessels`). ``fusion``: ``"wide"`` (coarse views opened, the documented rule) or ``"max"``
     (a plain maximum over the views; for the ablation in ``benchmarks/bench_real.py``). ``flatten``:
     coarse views divided by the finest view's local brightness first (:func:`local_brightness`; off
     for the ablation). ``tta``: average each window over the four flips of its lateral axes (step 4).

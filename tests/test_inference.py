@@ -256,6 +256,31 @@ def test_coarse_view_fused_only_where_its_wide_vessel_is_brighter_than_tissue():
     assert lumen_contrast(view, np.zeros_like(prob)) == 0.0  # nothing wide
 
 
+def test_predict_probability_gives_the_gate_each_coarse_view_it_predicted(monkeypatch):
+    """The contrast is judged on the image the network saw at that view: predict_probability passes the
+    view (the prediction's shape) to finds_wide_vessels, and a view the gate refuses is not fused."""
+    from octasim import inference
+
+    seen = []
+
+    def refuse(prob, voxel_um, finer_voxel_um, grid, view=None):
+        seen.append((voxel_um, None if view is None else view.shape, prob.shape, None if view is None else view.max()))
+        return False
+
+    monkeypatch.setattr(inference, "finds_wide_vessels", refuse)
+    grid = ModelGrid(2.0, (16,) * 3, max_voxel_size_um=8.0)
+    scan = np.zeros((80, 80, 6), np.float32)
+    scan[20:60] = 1.0                                       # 40 um wide, bright
+    fused: list[float] = []
+    prob = predict_probability(ProbIsImage(), scan, (1.0, 1.0, 5.0), grid, torch.device("cpu"), fused_views=fused)
+    assert [v for v, *_ in seen] == [4.0, 8.0]
+    assert all(view_shape == prob_shape for _, view_shape, prob_shape, _ in seen)
+    assert all(brightest == pytest.approx(1.0) for *_, brightest in seen)   # the scan's image, scaled to [0, 1]
+    assert fused == [2.0]
+    np.testing.assert_array_equal(prob, predict_probability(ProbIsImage(), scan, (1.0, 1.0, 5.0), grid,
+                                                            torch.device("cpu"), views_um=[2.0]))
+
+
 class Widens(torch.nn.Module):
     """A 'network' that calls vessel everything within two voxels (across the lateral plane) of a bright
     voxel, at every view: like a coarse view that draws a thin bright vessel as a band 5 voxels wide."""
