@@ -18,7 +18,7 @@ Steps (sizes in um, arrays (i, j, k) with depth along k after :func:`to_depth_la
    0.665, surface stack 0.782 -> 0.787, synthetic selection score 0.737 -> 0.744, no volume of it
    lower by more than 0.001; adding the lateral transposes (8 transforms) gave 0.664 / 0.787. It
    costs 2.5-4x the time (a 512 x 512 x 25 stack on 2 CPU cores: 4.6 s -> 17.4 s when measured, 6.1 s -> 16.1 s with
-   today's mask completion). A view shallower
+   the mask completion, 3.6 s -> 10.3 s since the coarse views' contrast gate, on the benchmark's noise stack). A view shallower
    than the window (10-25 slices of 5 um are common in two-photon stacks) is padded with 0, i.e.
    dark: no signal and no vessel outside the imaged slab, which is how training shows such slabs
    (``RandDepthSlabd``).
