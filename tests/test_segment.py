@@ -201,6 +201,23 @@ def test_complete_wide_lumens_takes_the_middle_from_the_top_where_the_mask_narro
     assert not in_roi[..., :25].any()
 
 
+def test_complete_wide_lumens_takes_the_reach_above_where_the_section_splits_into_walls():
+    """Where the lumen dims below, the network labels the walls of the lower half but not its middle:
+    the slices there hold two walls, and a column off the axis is widest in one of them. Its depth
+    comes from the slices above, where the section is whole: the columns 11-30 um off the axis are
+    completed (0.87 when each column took its reach from its own widest slice), nothing outside the tube."""
+    from scipy.ndimage import distance_transform_edt
+
+    tube, k = horizontal_tube((128, 16, 120), 40.0, 55.0)       # 80 um wide, axis at k = 55
+    x = np.abs(np.arange(128)[:, None, None] + 0.5 - 64.0)       # distance to the axis across i
+    walls = tube & ((k < 49.0) | ((x > 6.0) & (k < 70.0)))      # whole down to 6 um above the axis, then walls
+    done = complete_wide_lumens(walls, (1.0, 1.0, 1.0), 32.0)
+    assert distance_transform_edt(~tube)[done].max() <= 1.0
+    off_axis = tube & (x > 11.0) & (x < 30.0)
+    assert (done & off_axis).sum() / off_axis.sum() > 0.91
+    assert (done & tube).sum() / tube.sum() > 0.91
+
+
 def test_round_section_reach_is_each_disks_half_chord_in_um():
     """A disk of radius 20 um (pixels 0.5 x 1 um) reaches 20 um above and below its centre and
     sqrt(20^2 - 12^2) = 16 um at 12 um from it; a disk of 40 um touching it does not lend it its reach."""
