@@ -120,9 +120,10 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
     # computed on the slices that are some wide column's middle only (as it is read only there)
     reach = np.zeros(middle.shape, np.float32)
     wide = np.take_along_axis(width, middle.astype(np.intp), axis=2) > 0
-    for k in np.unique(middle[wide]):
+    middle_reach = {int(k): round_section_reach(slice_dist[int(k)], lateral, half) for k in np.unique(middle[wide])}
+    for k, slice_reach in middle_reach.items():
         here = wide & (middle == k)
-        reach[here] = round_section_reach(slice_dist[int(k)], lateral, half)[here[..., 0]]
+        reach[here] = slice_reach[here[..., 0]]
     reach = np.minimum(reach / spacing[2], n)
     run_top = top
     top = np.maximum(top, middle - np.ceil(reach).astype(index))
@@ -137,8 +138,8 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
     for k, dist in slice_dist.items():
         held = (run_top <= k) & (middle >= k) & wide
         if held.any():
-            np.maximum(deepest, np.where(held, round_section_reach(dist, lateral, half)[..., None] / spacing[2], 0.0),
-                       out=deepest)
+            slice_reach = middle_reach[k] if k in middle_reach else round_section_reach(dist, lateral, half)
+            np.maximum(deepest, np.where(held, slice_reach[..., None] / spacing[2], 0.0), out=deepest)
     deepest = np.minimum(deepest, n)
     top_of_deepest = np.maximum(run_top, middle - np.ceil(deepest).astype(index))
     first_imaged = 0 if imaged is None else np.asarray(imaged, bool).argmax(axis=2)[..., None].astype(index)
