@@ -82,7 +82,12 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
     vessels, nor below the scan.
 
     A vessel cut by the scan's top: where the round section about the widest slice would reach above
-    the first imaged slice, the column is vessel from that slice down. A surface stack's first slices
+    the first imaged slice, the column is vessel from that slice down, and, where the vessel is
+    narrower above its widest slice (its axis inside the scan), down to the section's reach below
+    that slice: a cut top cannot be mirrored (procedural surface stacks, windows starting 0-30 um below
+    the brain surface: 0.691 -> 0.748 mean Dice; the shared surface stack 0.887 -> 0.902; synthetic r =
+    60 um vessel recall 0.87 -> 0.90). A vessel whose widest slice is the first imaged one may have its
+    axis anywhere above it, and is not deepened. A surface stack's first slices
     cut its pial vessels out of focus, and there their lumens are dim: the shared surface stack's widest
     vein brightens from 15 to 45 over its first 20 um (tissue 9-11), was labelled in all ten slices
     and found by the network in the middle six (Dice 0.854 -> 0.887, precision unchanged). The mask
@@ -174,6 +179,10 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
     # r = 60 um vessel recall 0.87 -> 0.75)
     cut = middle - np.ceil(reach).astype(index) < first_imaged
     top = np.where(cut, np.minimum(top, first_imaged), top)
+    # and where the axis lies inside the scan (the vessel is narrower above its widest slice), the section
+    # reaches as far below the middle as it does above it: its cut top cannot be mirrored
+    axis_seen = cut & (first > first_imaged)
+    bottom = np.where(axis_seen, np.maximum(bottom, middle + np.floor(reach).astype(index)), bottom)
     fill = (depth >= top) & (depth <= bottom) & (width.max(axis=2) > 0)[..., None]
     return m | fill
 

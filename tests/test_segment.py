@@ -186,8 +186,9 @@ def test_complete_wide_lumens_takes_the_middle_from_the_top_where_the_mask_narro
     bottom, so mirroring about it alone recovers about two thirds of the tube; the run's top and the round
     section's reach give the middle. Not where the run starts at the scan's top (the top may be cut off):
     there the section about the widest slice reaches above the scan, so the vessel is taken as cut by
-    it and filled from the first slice, which puts up to 4 um above the tube at its edges (its middle
-    was found 9 um above the axis), the cost of that rule."""
+    it, filled from the first slice and as deep below its middle as the section reaches, which puts
+    up to 4 um above the tube at its edges (its middle was found 9 um above the axis), the cost of that
+    rule."""
     from scipy.ndimage import distance_transform_edt
 
     tube, k = horizontal_tube((96, 16, 100), 30.0, 50.0)        # 60 um wide, top at k = 20
@@ -198,7 +199,7 @@ def test_complete_wide_lumens_takes_the_middle_from_the_top_where_the_mask_narro
     cut = complete_wide_lumens(cap[..., 25:], (1.0, 1.0, 1.0), 32.0)  # the scan starts 5 um below its top
     outside = distance_transform_edt(~tube[..., 25:])[cut]
     assert outside.max() <= 4.0 and (outside > 1.0).sum() < 0.01 * tube.sum()
-    assert (cut & tube[..., 25:]).sum() < (done & tube)[..., 25:].sum() * 0.8  # only mirrored about its bottom
+    assert (cut & tube[..., 25:]).sum() > (done & tube)[..., 25:].sum() * 0.85  # down from its middle, not mirrored
     imaged = k >= 25.0                                               # the same cut by a region of interest
     in_roi = complete_wide_lumens(cap & imaged, (1.0, 1.0, 1.0), 32.0, imaged=imaged)
     np.testing.assert_array_equal(in_roi[..., 25:], cut)
@@ -241,6 +242,21 @@ def test_complete_wide_lumens_fills_a_vessel_cut_by_the_scans_top_from_its_first
     in_roi = complete_wide_lumens(tube & (k >= 14.0) & (k < 20.0), (1.0, 1.0, 1.0), 32.0, imaged=imaged)
     assert not in_roi[~imaged].any()
     assert (in_roi & tube & imaged & (k < 14.0)).sum() / (tube & imaged & (k < 14.0)).sum() > 0.95
+
+
+def test_complete_wide_lumens_deepens_a_vessel_cut_by_the_scans_top_by_its_section_not_its_mirror():
+    """A 60 um vessel cut by the scan 10 um above its axis, found down to the axis: its cut top cannot
+    be mirrored (that gives 10 um below the axis), but its section about the widest slice reaches
+    about 30 um below it (radii in 10 % steps, rounded down: 26 um). Cut 10 um below its axis instead, the widest slice is the scan's first: the axis may
+    lie anywhere above, so nothing is added."""
+    from scipy.ndimage import distance_transform_edt
+
+    tube, k = horizontal_tube((96, 16, 80), 30.0, 10.0)         # axis 10 um below the first slice
+    done = complete_wide_lumens(tube & (k < 10.0), (1.0, 1.0, 1.0), 32.0)
+    assert (done & tube).sum() / tube.sum() > 0.8                # mirrored about k = 9: 0.44
+    assert distance_transform_edt(~tube)[done].max() <= 1.0
+    below, _ = horizontal_tube((96, 16, 80), 30.0, -10.0)        # axis 10 um above the first slice
+    np.testing.assert_array_equal(complete_wide_lumens(below, (1.0, 1.0, 1.0), 32.0), below)
 
 
 def test_round_section_reach_is_each_disks_half_chord_in_um():
