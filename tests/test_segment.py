@@ -247,8 +247,9 @@ def test_complete_wide_lumens_fills_a_vessel_cut_by_the_scans_top_from_its_first
 def test_complete_wide_lumens_deepens_a_vessel_cut_by_the_scans_top_by_its_section_not_its_mirror():
     """A 60 um vessel cut by the scan 10 um above its axis, found down to the axis: its cut top cannot
     be mirrored (that gives 10 um below the axis), but its section about the widest slice reaches
-    about 30 um below it (radii in 10 % steps, rounded down: 26 um). Cut 10 um below its axis instead, the widest slice is the scan's first: the axis may
-    lie anywhere above, so nothing is added."""
+    about 30 um below it (radii in 10 % steps, rounded down, and the middle where widths tie: to
+    k = 34). Cut 10 um below its axis instead, the widest slice is the scan's first: the axis may lie
+    anywhere above, so nothing is added."""
     from scipy.ndimage import distance_transform_edt
 
     tube, k = horizontal_tube((96, 16, 80), 30.0, 10.0)         # axis 10 um below the first slice
