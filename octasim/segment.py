@@ -254,7 +254,7 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
     ``sw_batch_size`` windows per forward pass, float16 autocast on CUDA, fp32 on CPU, ``tta``:
     average over the four lateral flips, default on), fusion of the views, resampling back. Then the
     threshold (default: the checkpoint's, else 0.5), the lower half of wide vessels completed by
-    symmetry (``complete_lumens``, :func:`complete_wide_lumens`: vessels wider than a quarter of the
+    symmetry and those cut by the scan's top filled from it (``complete_lumens``, :func:`complete_wide_lumens`: vessels wider than a quarter of the
     finest view's window, 32 um for the bundled models; in the mask only, the probability is the
     network's) and optional removal of 26-connected components smaller than ``min_component_um3`` um^3.
     ``model`` (from :func:`prepare_model`) avoids rebuilding the network for every volume.
@@ -489,8 +489,8 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
     the input's affine and header (a TIFF input's: ``affine_for_spacing`` of its voxel size); TIFF
     outputs (.tif) have the input's axis order and ImageJ calibration in um (an input NIfTI's: pages
     along k), so they overlay the input in Fiji. ``channel``: the channel of multi-channel TIFFs (0-based).
-    ``complete_lumens``: the U-Net's mask completes wide vessels below their round section's middle
-    (:func:`segment_volume`, :func:`complete_wide_lumens`). ``roi``: a NIfTI / TIFF region of interest (nonzero = imaged tissue; e.g. the cranial window drawn in
+    ``complete_lumens``: the U-Net's mask completes wide vessels below their round section's middle,
+    and from the scan's top where it cuts them (:func:`segment_volume`, :func:`complete_wide_lumens`). ``roi``: a NIfTI / TIFF region of interest (nonzero = imaged tissue; e.g. the cranial window drawn in
     ITK-SNAP or Fiji) with the scan's array shape, used for every input, or a folder holding one per input
     (:func:`read_roi`: ``NAME_roi.*``, or ``NAME.*`` in a folder of regions apart from the scans): nothing
     outside it is vessel (see :func:`octasim.inference.predict_probability`); an input without its region
