@@ -3,7 +3,7 @@
 Each labelled real stack of ``../shared/data/two_photon_sample`` (see ``bench_real.STACKS``) is split into
 two lateral halves along its first axis (i). For each direction (train on one half, test on the other):
 
-- **zero-shot**: the bundled model as shipped (its threshold, image pyramid);
+- **zero-shot**: the bundled model as shipped (``--model``, default v3; its threshold, image pyramid);
 - **fine-tuned**: ``octasim train --init <the bundled model> --data HALF/`` with the shipped ``finetune``
   config (lr 1e-4, a quarter of the patches synthetic, threshold calibrated on the held-out quarter of
   the training half);
@@ -67,10 +67,14 @@ def main(argv=None) -> int:
     p.add_argument("--synthetic-fraction", type=float, default=None,
                    help="fine-tuning synthetic share (default: the finetune config's)")
     p.add_argument("--work", type=Path, default=None, help="folder for the halves and runs (default: a temp dir)")
+    p.add_argument("--model", default="octasim-multiscale-v3",
+                   help="the bundled model (name or checkpoint) to start from and compare with (default: "
+                        "octasim-multiscale-v3, whose one network segments every view, as a fine-tuned model's "
+                        "does; the default octasim-multiscale-v4 would be fine-tuned from its fine network only)")
     args = p.parse_args(argv)
 
     from octasim.model import load_checkpoint
-    from octasim.models import bundled_model_path
+    from octasim.models import resolve_model
     from octasim.train.config import config_from_dict, load_config, merged
     from octasim.train.trainer import train
 
@@ -81,7 +85,7 @@ def main(argv=None) -> int:
     if args.split == "stacks" and len(stacks) < 2:
         print("--split stacks needs two labelled stacks", file=sys.stderr)
         return 1
-    bundled = bundled_model_path()
+    bundled = resolve_model(args.model)
     state = load_checkpoint(bundled)
     base = state["train_config"]
     work = args.work or Path(tempfile.mkdtemp(prefix="octasim_fewshot_"))

@@ -44,6 +44,12 @@ Steps (sizes in um, arrays (i, j, k) with depth along k after :func:`to_depth_la
    surface stack loses), a 3 x 3 x 3 cube 0.593 and a plain maximum 0.573; without the 8 um view the
    surface stack lost 0.19 Dice.
 
+Which network: a model's own for every view, unless its checkpoint names another network for the
+coarser views (``coarse_views``; :class:`octasim.model.ViewNetworks`): octasim-multiscale-v4 segments
+its finest view with a network trained with a decaying learning rate, more precise on thin vessels
+and OCT-A, and its coarser views with v3's, whose recall of wide dim lumens the decay lowers
+(data/models/README.md).
+
 Which views are fused: every candidate view (:func:`scan_view_sizes`) is predicted, and a coarser
 view is fused only if it finds a vessel wider than its finer neighbour segments whole, a quarter of
 that neighbour's window (:func:`finds_wide_vessels`; 32 um for the 4 um view, 64 um for the 8 um
@@ -386,7 +392,8 @@ def predict_probability(model, volume: np.ndarray, spacing_um: Sequence[float], 
                         roi: np.ndarray | None = None) -> np.ndarray:
     """Vessel probability (float32 in [0, 1], the scan's shape) of a 3D scan: the steps of this module.
 
-    ``spacing_um``: voxel size along the array axes (um). ``views_um``: voxel sizes (um) of the
+    ``model``: the network, or a :class:`octasim.model.ViewNetworks` whose second network segments the
+    coarser views. ``spacing_um``: voxel size along the array axes (um). ``views_um``: voxel sizes (um) of the
     pyramid's views, finest first, all of them fused; default: the views of :func:`scan_view_sizes`,
     each coarser one fused only if it finds vessels its finer neighbour cannot segment whole, at least
     twice as bright as its tissue (:func:`finds_wide_vessels`). ``fusion``: ``"wide"`` (coarse views opened, the documented rule) or ``"max"``
@@ -404,6 +411,8 @@ def predict_probability(model, volume: np.ndarray, spacing_um: Sequence[float], 
     shared stacks replaced by Poisson noise at their 0.5th percentile came out 2.3 % (deep stack) and
     6.3 % (surface stack) vessel there (3.3 % / 6.6 % without the flips, 0.1 % / 1.2 % when set to 0).
     """
+    from octasim.model import network_for_view
+
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
     if roi is not None:
@@ -419,7 +428,8 @@ def predict_probability(model, volume: np.ndarray, spacing_um: Sequence[float], 
     inside = None if roi is None else to_depth_last(roi.astype(np.float32), spacing_um, depth_axis)[0]
     fused = None
     for n, net_in in enumerate(network_views(image, spacing, views, grid, flatten)):
-        prob = predict_view(model, net_in, grid.patch_size, device, overlap, sw_batch_size, tta, progress)
+        prob = predict_view(network_for_view(model, n), net_in, grid.patch_size, device, overlap, sw_batch_size,
+                            tta, progress)
         if inside is not None:
             prob *= resample(inside, prob.shape) >= 0.5
         if n > 0 and views_um is None and not finds_wide_vessels(prob, views[n], views[n - 1], grid, net_in):

@@ -110,7 +110,10 @@ def check_checkpoint_values(state: dict[str, Any], path: str | Path | None = Non
     """Refuse NaN / infinite weights and a threshold outside [0, 1] (or NaN): such a checkpoint would
     give an all-NaN probability map and an empty mask. The message starts with ``path`` when given."""
     where = f"{path}: " if path is not None else ""
-    bad = [key for key, value in (state.get("model_state") or {}).items()
+    coarse = state.get("coarse_views") or {}
+    weights = [*((state.get("model_state") or {}).items()),
+               *((f"coarse_views.{k}", v) for k, v in (coarse.get("model_state") or {}).items())]
+    bad = [key for key, value in weights
            if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
@@ -128,19 +131,51 @@ def check_checkpoint_values(state: dict[str, Any], path: str | Path | None = Non
                                   "number in [0, 1]: the file is damaged, use another checkpoint")
 
 
+class ViewNetworks(torch.nn.Module):
+    """The two networks of a model whose coarser pyramid views are segmented by another network than
+    its finest view (a bundled model's ``coarse_views``; :func:`network_for_view` picks one). Called
+    directly, it is the fine network."""
+
+    def __init__(self, fine: torch.nn.Module, coarse: torch.nn.Module):
+        super().__init__()
+        self.fine, self.coarse = fine, coarse
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fine(x)
+
+
+def network_for_view(model: torch.nn.Module, view_index: int) -> torch.nn.Module:
+    """The network that segments view ``view_index`` of the image pyramid (0: the finest)."""
+    if isinstance(model, ViewNetworks):
+        return model.coarse if view_index > 0 else model.fine
+    return model
+
+
+def _network(model_config: Any, model_state: Any, what: str) -> torch.nn.Module:
+    try:
+        model = build_unet(model_config)
+        model.load_state_dict(model_state)
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"the checkpoint's {what} does not match its weights ({first})") from exc
+    return model
+
+
 def model_from_checkpoint(state: dict[str, Any], device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild the network of a loaded checkpoint, in eval mode on ``device``.
+    """Rebuild the network of a loaded checkpoint, in eval mode on ``device``: a
+    :class:`ViewNetworks` when the checkpoint names another network for its coarse views.
 
     A model configuration that does not fit the stored weights, non-finite weights or a threshold
     outside [0, 1] raise CheckpointError.
     """
     check_checkpoint_values(state)
-    try:
-        model = build_unet(state["model_config"])
-        model.load_state_dict(state["model_state"])
-    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"the checkpoint's model_config does not match its weights ({first})") from exc
+    model = _network(state.get("model_config"), state.get("model_state"), "model_config")
+    coarse = state.get("coarse_views")
+    if coarse is not None:
+        if not isinstance(coarse, dict):
+            raise CheckpointError("the checkpoint's coarse_views is not a network (model_config, model_state)")
+        model = ViewNetworks(model, _network(coarse.get("model_config"), coarse.get("model_state"),
+                                             "coarse_views network"))
     return model.to(device).eval()
 
 

@@ -19,13 +19,15 @@ from octasim.paths import DATA_DIR
 
 MODELS_DIR = DATA_DIR / "models"
 #: the model ``octasim segment`` uses when no ``--model`` is given
-DEFAULT_MODEL = "octasim-multiscale-v3"
+DEFAULT_MODEL = "octasim-multiscale-v4"
 #: fewer optimizer steps than this: a checkpoint without a model card is reported as trained only briefly
 BRIEF_TRAINING_STEPS = 2000
 #: checkpoint keys a bundled model keeps (everything inference and its report need)
 INFERENCE_KEYS = ("model_state", "model_config", "voxel_size_um", "train_voxel_range_um", "patch_size",
                   "preprocessing", "threshold", "threshold_calibration", "train_config", "step", "total_steps",
-                  "on_the_fly", "seconds", "best_val_dice", "best_step", "init_from")
+                  "on_the_fly", "seconds", "best_val_dice", "best_step", "init_from", "coarse_views")
+#: what a network for the coarse views must share with the model it joins: what it was trained to see
+SHARED_GRID_KEYS = ("voxel_size_um", "train_voxel_range_um", "patch_size", "preprocessing")
 
 
 def training_totals(state: dict[str, Any]) -> tuple[int, float]:
@@ -70,17 +72,51 @@ def load_model(spec: str | Path | None = None) -> dict[str, Any]:
     return load_checkpoint(resolve_model(spec))
 
 
-def export_model(checkpoint: str | Path, out: str | Path, command: str, name: str | None = None) -> Path:
+def _half(weights: dict[str, Any]) -> dict[str, Any]:
+    """Convolution weights as float16 (biases and norms stay float32)."""
+    return {k: (v.half() if v.is_floating_point() and v.dim() > 1 else v) for k, v in weights.items()}
+
+
+def coarse_views_entry(state: dict[str, Any], coarse: str | Path) -> dict[str, Any]:
+    """The ``coarse_views`` entry of a bundled model whose coarser views ``coarse`` (a bundled model's
+    name or a checkpoint) segments: its network (float16 weights) and model card. It must have been
+    trained on the same grid, window, voxel sizes and preprocessing as ``state``'s network, or the
+    views would not be what it learned to see (CheckpointError otherwise)."""
+    from octasim.model import CheckpointError
+
+    path = resolve_model(coarse)
+    other = load_model(path)
+    if other.get("coarse_views") is not None:
+        raise CheckpointError(f"{path}: its coarse views are segmented by another network already; give "
+                              "a model with one network")
+    differ = [k for k in SHARED_GRID_KEYS if other.get(k) != state.get(k)]
+    scale = [(s.get("model_config") or {}).get("input_scale") for s in (state, other)]
+    if scale[0] != scale[1]:
+        differ.append("model_config.input_scale")
+    if differ:
+        raise CheckpointError(f"{path}: trained on another grid or input than the model it would join "
+                              f"({', '.join(differ)} differ); its views would not be what it learned to see")
+    card = dict(other.get("model_card") or {"name": path.stem, "source_checkpoint": path.name,
+                                            "steps": training_totals(other)[0],
+                                            "minutes": round(training_totals(other)[1] / 60.0, 1)})
+    return {"model_state": _half(other["model_state"]), "model_config": other["model_config"], "model_card": card}
+
+
+def export_model(checkpoint: str | Path, out: str | Path, command: str, name: str | None = None,
+                 coarse_views: str | Path | None = None) -> Path:
     """Write a bundled model from a training checkpoint: inference keys only, float16 convolution
-    weights, and ``model_card`` = {name, training command, steps, minutes, hardware, octasim version}."""
+    weights, and ``model_card`` = {name, training command, steps, minutes, hardware, octasim version}.
+    ``coarse_views``: another model (a bundled model's name or a checkpoint) whose network segments
+    the coarser views of the image pyramid (:func:`coarse_views_entry`)."""
     import torch
 
     from octasim.model import load_checkpoint, save_checkpoint
 
     state = load_checkpoint(checkpoint)
     small = {k: state[k] for k in INFERENCE_KEYS if k in state}
-    small["model_state"] = {k: (v.half() if v.is_floating_point() and v.dim() > 1 else v)
-                            for k, v in state["model_state"].items()}
+    small["model_state"] = _half(state["model_state"])
+    if coarse_views is not None:
+        small["coarse_views"] = coarse_views_entry(state, coarse_views)
     small["model_card"] = {
         "name": name or Path(out).stem, "training_command": command, "source_checkpoint": Path(checkpoint).name,
         "steps": training_totals(state)[0], "minutes": round(training_totals(state)[1] / 60.0, 1),
@@ -110,6 +146,12 @@ def model_summary(state: dict[str, Any], label: str) -> str:
              f"window {grid.patch_size[0]} voxels{scaled}; views at {views} um (coarser ones for scans at least half "
              f"their window wide, fused where they find wide vessels); threshold "
              f"{float(state.get('threshold', 0.5)):.2f} ({source})"]
+    coarse = state.get("coarse_views")
+    if coarse is not None:
+        other = coarse.get("model_card") or {}
+        lines.append(f"coarser views segmented by {other.get('name', 'a second network')} (trained "
+                     f"{int(other.get('steps') or 0):,} steps in {float(other.get('minutes') or 0):.0f} min"
+                     f"{': ' + other['training_command'] if other.get('training_command') else ''})")
     if steps < BRIEF_TRAINING_STEPS and not card:  # a bundled model's card documents its evaluation
         lines.append(f"warning: this model trained only {steps:,} steps (fewer than {BRIEF_TRAINING_STEPS:,}); "
                      "expect a rough segmentation")

@@ -12,6 +12,8 @@ Bundled models are trained checkpoints shipped in data/models/ (float16 weights,
   octasim model info                       # every bundled model: training summary, grid, views
   octasim model info runs/a/best.pt        # the same for any checkpoint
   octasim model export runs/a/best.pt --out data/models/NAME.pt --command "octasim train ..."
+  octasim model export runs/a/last.pt --out data/models/NAME.pt --command "..." \
+      --coarse-views octasim-multiscale-v3    # another network segments the coarser views
 """
 
 
@@ -31,6 +33,10 @@ def register(subparsers) -> None:
     exp.add_argument("--out", required=True, help="bundled model file to write (data/models/NAME.pt)")
     exp.add_argument("--command", required=True,
                      help="the exact command that trained the checkpoint (recorded in the model card)")
+    exp.add_argument("--coarse-views", metavar="MODEL", default=None,
+                     help="a bundled model's name or a checkpoint whose network segments the coarser views "
+                          "of the image pyramid (trained on the same grid and input); default: the "
+                          "checkpoint's own network segments every view")
     p.set_defaults(func=run)
 
 
@@ -39,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from octasim.models import bundled_models, export_model, model_summary, resolve_model
 
     if args.action == "export":
-        out = export_model(args.checkpoint, args.out, command=args.command)
+        out = export_model(args.checkpoint, args.out, command=args.command, coarse_views=args.coarse_views)
         size_mb = out.stat().st_size / 2 ** 20
         print(f"wrote {out} ({size_mb:.1f} MB)")
         print(model_summary(load_checkpoint(out), str(out)))

@@ -74,8 +74,8 @@ def register(subparsers) -> None:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="test-time augmentation: average every window over the four flips of the two lateral "
                         "axes (depth is never flipped). --no-tta is 2.5-4x faster and "
-                        "scores slightly lower (bundled model: Dice 0.665 -> 0.662 on the deep real stack, "
-                        "0.854 -> 0.851 on the surface one)")
+                        "scores slightly lower (bundled model: Dice 0.670 -> 0.668 on the deep real stack, "
+                        "0.903 -> 0.902 on the surface one)")
     p.add_argument("--lumen-completion", action=argparse.BooleanOptionalAction, default=True,
                    help="complete the lower half of vessels wider than a quarter of the network's window "
                         "(32 um for the bundled models) by symmetry: below the middle of such a vessel's round "
@@ -87,7 +87,7 @@ def register(subparsers) -> None:
                         "upper part). A vessel whose round section reaches above the scan's first imaged slice is "
                         "cut by it: filled from that slice down and, where its axis lies inside the scan, as deep "
                         "below its widest slice as the section reaches. In the mask only; the probability map is "
-                        "the network's. Bundled model, surface real stack: Dice 0.802 -> 0.902; the deep one, "
+                        "the network's. Bundled model, surface real stack: Dice 0.800 -> 0.903; the deep one, "
                         "without such vessels, unchanged")
     p.add_argument("--min-component-um3", type=float, default=0.0,
                    help="remove connected vessel components smaller than this volume (um^3); 0 keeps all")

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 
 import octasim
+from octasim.models import DEFAULT_MODEL
 from tests.test_train import tube_volume
 
 
@@ -22,7 +23,7 @@ def test_readme_example_segments_a_tiff_and_writes_it_back(tmp_path):
     image, label = tube_volume(48, 1)
     write_tiff(tmp_path / "stack.tif", (image * 3000).astype(np.uint16), (2.0, 2.0, 2.0))
     model = octasim.load_model()
-    assert model["model_card"]["name"] == "octasim-multiscale-v3"
+    assert model["model_card"]["name"] == DEFAULT_MODEL
     scan = octasim.read_scan(tmp_path / "stack.tif")
     assert scan.spacing_um == (2.0, 2.0, 2.0)
     net, _ = octasim.prepare_model(model, "cpu")

@@ -70,6 +70,9 @@ def test_the_bundled_model_ships_small_safe_and_documented():
     assert state["train_voxel_range_um"][1] > state["voxel_size_um"]  # trained over scales: a pyramid applies
     readme = (path.parent / "README.md").read_text()
     assert DEFAULT_MODEL in readme and card["training_command"] in readme
+    coarse = state.get("coarse_views")
+    if coarse is not None:  # the network of its coarse views is documented as well
+        assert coarse["model_card"]["training_command"] in readme and coarse["model_card"]["name"] in readme
 
 
 def test_the_bundled_model_fills_a_wide_vessel():
@@ -129,3 +132,73 @@ def test_model_export_cli(training_checkpoint, tmp_path, capsys):
     assert main(["model", "export", str(src), "--out", str(tmp_path / "x.pt"), "--command", "octasim train x"]) == 0
     assert torch.load(tmp_path / "x.pt", weights_only=True)["model_card"]["training_command"] == "octasim train x"
     assert "wrote" in capsys.readouterr().out
+
+
+def _tiny_checkpoint(path, seed, **grid):
+    torch.manual_seed(seed)
+    net = build_unet(TINY)
+    state = {"model_state": net.state_dict(), "model_config": TINY, "voxel_size_um": 2.0,
+             "train_voxel_range_um": [1.0, 8.0], "patch_size": 16, "threshold": 0.5, "step": 300 * (seed + 1),
+             "seconds": 60.0, "on_the_fly": True, **grid}
+    save_checkpoint(path, state)
+    return net.eval()
+
+
+def test_a_second_network_segments_the_coarse_views(tmp_path, monkeypatch):
+    """export --coarse-views: the file holds both networks (float16), the finest view goes through the
+    model's own network and every coarser view through the other; the summary names it."""
+    import octasim.inference as inference
+    from octasim.model import ViewNetworks
+
+    fine = _tiny_checkpoint(tmp_path / "fine.pt", 0)
+    coarse = _tiny_checkpoint(tmp_path / "coarse.pt", 1)
+    out = export_model(tmp_path / "fine.pt", tmp_path / "both.pt", command="c", name="both",
+                       coarse_views=tmp_path / "coarse.pt")
+    state = torch.load(out, weights_only=True)
+    assert state["coarse_views"]["model_card"]["steps"] == 600
+    assert all(v.dtype == torch.float16 for v in state["coarse_views"]["model_state"].values()
+               if v.is_floating_point() and v.dim() > 1)
+    state = load_checkpoint(out)
+    model = model_from_checkpoint(state)
+    assert isinstance(model, ViewNetworks)
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():  # each network is the one it was exported from
+        assert torch.allclose(torch.sigmoid(model.fine(x)), torch.sigmoid(fine(x)), atol=2e-3)
+        assert torch.allclose(torch.sigmoid(model.coarse(x)), torch.sigmoid(coarse(x)), atol=2e-3)
+        assert not torch.allclose(torch.sigmoid(fine(x)), torch.sigmoid(coarse(x)), atol=2e-3)
+    used = []
+    real_predict_view = inference.predict_view
+
+    def recording(net, image, *args, **kwargs):
+        used.append((net, image.shape))
+        return real_predict_view(net, image, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "predict_view", recording)
+    image = np.random.default_rng(0).random((64, 64, 32)).astype(np.float32)
+    grid = inference.ModelGrid.from_checkpoint(state)
+    prob = inference.predict_probability(model, image, (1.0, 1.0, 1.0), grid, torch.device("cpu"),
+                                         views_um=[2.0, 4.0], tta=False)
+    assert prob.shape == image.shape and np.isfinite(prob).all()
+    assert [net for net, _ in used] == [model.fine, model.coarse]
+    assert used[0][1][0] > used[1][1][0]  # the 2 um view first, then the 4 um one
+    text = model_summary(state, "both.pt")
+    assert "coarser views segmented by coarse" in text and "600 steps" in text
+
+
+def test_coarse_views_must_share_the_grid_and_be_finite(tmp_path):
+    _tiny_checkpoint(tmp_path / "fine.pt", 0)
+    _tiny_checkpoint(tmp_path / "other.pt", 1, patch_size=32)
+    with pytest.raises(CheckpointError, match=r"other\.pt: trained on another grid.*patch_size"):
+        export_model(tmp_path / "fine.pt", tmp_path / "x.pt", command="c", coarse_views=tmp_path / "other.pt")
+    assert not (tmp_path / "x.pt").exists()
+    _tiny_checkpoint(tmp_path / "coarse.pt", 1)
+    state = load_checkpoint(export_model(tmp_path / "fine.pt", tmp_path / "y.pt", command="c",
+                                         coarse_views=tmp_path / "coarse.pt"))
+    name = next(iter(state["coarse_views"]["model_state"]))
+    state["coarse_views"]["model_state"][name] = torch.full_like(state["coarse_views"]["model_state"][name].float(),
+                                                                 float("nan"))
+    save_checkpoint(tmp_path / "bad.pt", state)
+    with pytest.raises(CheckpointError, match=f"bad.pt: .*NaN or infinite values \\(coarse_views.{name}"):
+        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="already"):  # one level only
+        export_model(tmp_path / "fine.pt", tmp_path / "z.pt", command="c", coarse_views=tmp_path / "y.pt")

@@ -18,7 +18,7 @@ from octasim.paths import DATA_DIR
 from octasim.typed import convert, from_mapping
 
 #: Names accepted by ``--config`` besides a YAML path.
-BUILTIN_CONFIGS = ("default", "paper", "mixed", "multiscale", "multiscale-v2", "multiscale-v3", "multiscale-surface", "finetune")
+BUILTIN_CONFIGS = ("default", "paper", "mixed", "multiscale", "multiscale-v2", "multiscale-v3", "multiscale-v4", "multiscale-surface", "finetune")
 LOSSES = ("dice", "cldice", "dice_cldice", "dice_bce")
 
 
