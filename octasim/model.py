@@ -110,9 +110,15 @@ def check_checkpoint_values(state: dict[str, Any], path: str | Path | None = Non
     """Refuse NaN / infinite weights and a threshold outside [0, 1] (or NaN): such a checkpoint would
     give an all-NaN probability map and an empty mask. The message starts with ``path`` when given."""
     where = f"{path}: " if path is not None else ""
-    coarse = state.get("coarse_views") or {}
+    coarse = state.get("coarse_views")
+    if coarse is not None and not (isinstance(coarse, dict) and isinstance(coarse.get("model_state"), dict)
+                                   and isinstance(coarse.get("model_config"), dict)
+                                   and isinstance(coarse.get("model_card", {}), dict)):
+        raise CheckpointError(f"{where}the checkpoint's coarse_views is not a network (a model_config and a "
+                              "model_state, optionally a model_card): the file is damaged or was not written "
+                              "by `octasim model export --coarse-views`; use another checkpoint")
     weights = [*((state.get("model_state") or {}).items()),
-               *((f"coarse_views.{k}", v) for k, v in (coarse.get("model_state") or {}).items())]
+               *((f"coarse_views.{k}", v) for k, v in ((coarse or {}).get("model_state") or {}).items())]
     bad = [key for key, value in weights
            if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
     if bad:
@@ -171,9 +177,7 @@ def model_from_checkpoint(state: dict[str, Any], device: str | torch.device = "c
     check_checkpoint_values(state)
     model = _network(state.get("model_config"), state.get("model_state"), "model_config")
     coarse = state.get("coarse_views")
-    if coarse is not None:
-        if not isinstance(coarse, dict):
-            raise CheckpointError("the checkpoint's coarse_views is not a network (model_config, model_state)")
+    if coarse is not None:  # its structure was checked by check_checkpoint_values
         model = ViewNetworks(model, _network(coarse.get("model_config"), coarse.get("model_state"),
                                              "coarse_views network"))
     return model.to(device).eval()

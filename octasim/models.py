@@ -89,8 +89,13 @@ def coarse_views_entry(state: dict[str, Any], coarse: str | Path) -> dict[str, A
     if other.get("coarse_views") is not None:
         raise CheckpointError(f"{path}: its coarse views are segmented by another network already; give "
                               "a model with one network")
-    differ = [k for k in SHARED_GRID_KEYS if other.get(k) != state.get(k)]
-    scale = [(s.get("model_config") or {}).get("input_scale") for s in (state, other)]
+    from octasim.inference import trained_voxel_range
+    from octasim.model import PAPER_MODEL
+
+    differ = [k for k in SHARED_GRID_KEYS if k != "train_voxel_range_um" and other.get(k) != state.get(k)]
+    if trained_voxel_range(other) != trained_voxel_range(state):
+        differ.append("train_voxel_range_um")
+    scale = [{**PAPER_MODEL, **(s.get("model_config") or {})}["input_scale"] for s in (state, other)]
     if scale[0] != scale[1]:
         differ.append("model_config.input_scale")
     if differ:
@@ -141,17 +146,19 @@ def model_summary(state: dict[str, Any], label: str) -> str:
         source = f"calibrated on {cal.get('n_volumes', '?')} validation volume(s)"
     else:
         source = "the training config's"
-    lines = [f"model {card.get('name', label)} ({label}): trained {steps:,} steps{stages} in {minutes:.0f} min"
+    coarse = state.get("coarse_views")
+    finest = "finest view " if coarse is not None else ""
+    lines = [f"model {card.get('name', label)} ({label}): {finest}trained {steps:,} steps{stages} in {minutes:.0f} min"
              f"{' on the fly' if state.get('on_the_fly') else ''}; grid {grid.voxel_size_um:g} um, "
              f"window {grid.patch_size[0]} voxels{scaled}; views at {views} um (coarser ones for scans at least half "
              f"their window wide, fused where they find wide vessels); threshold "
              f"{float(state.get('threshold', 0.5)):.2f} ({source})"]
-    coarse = state.get("coarse_views")
-    if coarse is not None:
+    if coarse is not None:  # its structure was checked when the checkpoint was loaded
         other = coarse.get("model_card") or {}
-        lines.append(f"coarser views segmented by {other.get('name', 'a second network')} (trained "
+        coarser = ", ".join(f"{v:g}" for v in pyramid_voxel_sizes(grid)[1:]) or "none for this grid"
+        lines.append(f"  coarser views ({coarser} um) segmented by {other.get('name', 'a second network')}: trained "
                      f"{int(other.get('steps') or 0):,} steps in {float(other.get('minutes') or 0):.0f} min"
-                     f"{': ' + other['training_command'] if other.get('training_command') else ''})")
+                     f"{', with: ' + str(other['training_command']) if other.get('training_command') else ''}")
     if steps < BRIEF_TRAINING_STEPS and not card:  # a bundled model's card documents its evaluation
         lines.append(f"warning: this model trained only {steps:,} steps (fewer than {BRIEF_TRAINING_STEPS:,}); "
                      "expect a rough segmentation")

@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         print(model_summary(state, str(path)))
         card = state.get("model_card") or {}
         if card.get("training_command"):
-            print(f"  trained with: {card['training_command']}")
+            which = "finest view " if state.get("coarse_views") is not None else ""
+            print(f"  {which}trained with: {card['training_command']}")
             print(f"  hardware: {card.get('hardware', '?')}")
     return 0

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from octasim.model import CheckpointError, build_unet, load_checkpoint, model_from_checkpoint, save_checkpoint
+from octasim.model import (CheckpointError, ViewNetworks, build_unet, load_checkpoint, model_from_checkpoint,
+                           save_checkpoint)
 from octasim.models import (DEFAULT_MODEL, bundled_model_path, bundled_models, export_model, model_summary,
                             resolve_model)
 
@@ -70,9 +71,9 @@ def test_the_bundled_model_ships_small_safe_and_documented():
     assert state["train_voxel_range_um"][1] > state["voxel_size_um"]  # trained over scales: a pyramid applies
     readme = (path.parent / "README.md").read_text()
     assert DEFAULT_MODEL in readme and card["training_command"] in readme
-    coarse = state.get("coarse_views")
-    if coarse is not None:  # the network of its coarse views is documented as well
-        assert coarse["model_card"]["training_command"] in readme and coarse["model_card"]["name"] in readme
+    coarse = state["coarse_views"]  # v4: a second network segments the coarse views; documented as well
+    assert coarse["model_card"]["training_command"] in readme and coarse["model_card"]["name"] in readme
+    assert isinstance(model_from_checkpoint(load_checkpoint(path)), ViewNetworks)
 
 
 def test_the_bundled_model_fills_a_wide_vessel():
@@ -148,7 +149,6 @@ def test_a_second_network_segments_the_coarse_views(tmp_path, monkeypatch):
     """export --coarse-views: the file holds both networks (float16), the finest view goes through the
     model's own network and every coarser view through the other; the summary names it."""
     import octasim.inference as inference
-    from octasim.model import ViewNetworks
 
     fine = _tiny_checkpoint(tmp_path / "fine.pt", 0)
     coarse = _tiny_checkpoint(tmp_path / "coarse.pt", 1)
@@ -182,7 +182,8 @@ def test_a_second_network_segments_the_coarse_views(tmp_path, monkeypatch):
     assert [net for net, _ in used] == [model.fine, model.coarse]
     assert used[0][1][0] > used[1][1][0]  # the 2 um view first, then the 4 um one
     text = model_summary(state, "both.pt")
-    assert "coarser views segmented by coarse" in text and "600 steps" in text
+    assert "finest view trained 300 steps" in text
+    assert "coarser views (4, 8 um) segmented by coarse: trained 600 steps" in text
 
 
 def test_coarse_views_must_share_the_grid_and_be_finite(tmp_path):
@@ -202,3 +203,30 @@ def test_coarse_views_must_share_the_grid_and_be_finite(tmp_path):
         load_checkpoint(tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="already"):  # one level only
         export_model(tmp_path / "fine.pt", tmp_path / "z.pt", command="c", coarse_views=tmp_path / "y.pt")
+
+
+@pytest.mark.parametrize("entry", [[], "v3", {"model_state": [], "model_config": TINY},
+                                   {"model_state": {}, "model_config": None}])
+def test_a_damaged_coarse_views_entry_is_refused_by_name(tmp_path, entry):
+    _tiny_checkpoint(tmp_path / "fine.pt", 0)
+    state = load_checkpoint(tmp_path / "fine.pt")
+    state["coarse_views"] = entry
+    save_checkpoint(tmp_path / "damaged.pt", state)
+    with pytest.raises(CheckpointError, match=r"damaged\.pt: the checkpoint's coarse_views is not a network"):
+        load_checkpoint(tmp_path / "damaged.pt")
+
+
+def test_model_export_cli_with_coarse_views(tmp_path, capsys):
+    from octasim.cli import main
+
+    _tiny_checkpoint(tmp_path / "fine.pt", 0)
+    _tiny_checkpoint(tmp_path / "coarse.pt", 1)
+    assert main(["model", "export", str(tmp_path / "fine.pt"), "--out", str(tmp_path / "x.pt"), "--command", "c",
+                 "--coarse-views", str(tmp_path / "coarse.pt")]) == 0
+    assert "coarser views (4, 8 um) segmented by coarse" in capsys.readouterr().out
+    assert main(["model", "info", str(tmp_path / "x.pt")]) == 0
+    assert "finest view trained with: c" in capsys.readouterr().out
+    _tiny_checkpoint(tmp_path / "other.pt", 1, voxel_size_um=1.0)
+    assert main(["model", "export", str(tmp_path / "fine.pt"), "--out", str(tmp_path / "y.pt"), "--command", "c",
+                 "--coarse-views", str(tmp_path / "other.pt")]) == 2
+    assert "voxel_size_um" in capsys.readouterr().err and not (tmp_path / "y.pt").exists()

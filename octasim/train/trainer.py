@@ -349,6 +349,12 @@ def _start_from(init: str | Path, cfg: TrainConfig) -> tuple[Path, dict[str, Any
         raise TrainError(f"{path}: its network ({ckpt['model_config']}) differs from the config's "
                          f"model ({dataclasses.asdict(cfg.model)}); use a config with the same network "
                          "(or no --config: a fine-tuning then keeps the model's own)")
+    coarse = ckpt.get("coarse_views")
+    if coarse is not None:
+        name = (coarse.get("model_card") or {}).get("name", "a second network")
+        print(f"note: {path.name} segments its coarser views with {name}; the fine-tuning starts from its "
+              f"finest view's network, and the fine-tuned model segments every view with it (to fine-tune a "
+              f"network made for every view: --init {name})")
     return path, ckpt
 
 
