@@ -18,7 +18,7 @@ examples:
   octasim train --on-the-fly --config mixed --out runs/unet_mixed      # random profiles per volume
   octasim train --on-the-fly --config mixed --out runs/m8 --steps 900 --max-minutes 8   # time cap
   octasim train --data DIR --out runs/paper --config paper --device cuda
-  octasim train --init octasim-multiscale-v2 --data my_labelled_scans/ --out runs/ft   # fine-tune on real labels
+  octasim train --init octasim-multiscale-v3 --data my_labelled_scans/ --out runs/ft   # fine-tune on real labels
   torchrun --standalone --nproc-per-node 4 -m octasim.cli train --data DIR --out runs/ddp --config paper
 
 Fine-tuning (--init) on labelled real scans: the scans are prepared as `octasim segment` prepares them
@@ -45,7 +45,10 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder for checkpoints and metrics")
     p.add_argument("--config", default=None, metavar="NAME|FILE.yaml",
                    help="training config: default (small, CPU), paper (reference recipe), mixed (on the fly, "
-                        "random profiles), multiscale (the bundled model's recipe), finetune (few real scans) or a "
+                        "random profiles), multiscale, multiscale-v2, multiscale-v3 (recipes of the bundled models v1-v3), "
+                        "multiscale-v4 (the default bundled model's fine network: v3's recipe, the learning rate "
+                        "falling to 0 over its last 500 of 1,500 steps), multiscale-surface, finetune (few real "
+                        "scans) or a "
                         "YAML file; keys it leaves out come from default.yaml, or with --init from the starting "
                         "model's own config. Default: default, or finetune with --init")
     p.add_argument("--steps", type=int, default=None, metavar="N",
