@@ -82,16 +82,14 @@ def coarse_views_entry(state: dict[str, Any], coarse: str | Path) -> dict[str, A
     name or a checkpoint) segments: its network (float16 weights) and model card. It must have been
     trained on the same grid, window, voxel sizes and preprocessing as ``state``'s network, or the
     views would not be what it learned to see (CheckpointError otherwise)."""
-    from octasim.model import CheckpointError
+    from octasim.inference import trained_voxel_range
+    from octasim.model import PAPER_MODEL, CheckpointError
 
     path = resolve_model(coarse)
     other = load_model(path)
     if other.get("coarse_views") is not None:
         raise CheckpointError(f"{path}: its coarse views are segmented by another network already; give "
                               "a model with one network")
-    from octasim.inference import trained_voxel_range
-    from octasim.model import PAPER_MODEL
-
     differ = [k for k in SHARED_GRID_KEYS if k != "train_voxel_range_um" and other.get(k) != state.get(k)]
     if trained_voxel_range(other) != trained_voxel_range(state):
         differ.append("train_voxel_range_um")
