@@ -200,7 +200,7 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
     bottom = np.where(axis_seen, np.maximum(bottom, middle + np.floor(reach).astype(index)), bottom)
     wide_column = (width.max(axis=2) > 0)[..., None]
     fill = (depth >= top) & (depth <= bottom) & wide_column
-    if image is not None:  # follow the lumen below the run while it stays brighter than the tissue
+    if image is not None and wide_column.any():  # follow the lumen below the run while it stays brighter than the tissue
         bright = lumen_bright(np.asarray(image, np.float32), m, None if imaged is None else np.asarray(imaged, bool))
         dark_at = np.minimum.accumulate(np.where(bright, index(n), depth)[..., ::-1], axis=2)[..., ::-1]
         start = np.minimum(bottom + 1, n - 1)
