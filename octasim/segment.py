@@ -200,13 +200,28 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
     bottom = np.where(axis_seen, np.maximum(bottom, middle + np.floor(reach).astype(index)), bottom)
     wide_column = (width.max(axis=2) > 0)[..., None]
     fill = (depth >= top) & (depth <= bottom) & wide_column
-    if image is not None and wide_column.any():  # follow the lumen below the run while it stays brighter than the tissue
-        bright = lumen_bright(np.asarray(image, np.float32), m, None if imaged is None else np.asarray(imaged, bool))
-        dark_at = np.minimum.accumulate(np.where(bright, index(n), depth)[..., ::-1], axis=2)[..., ::-1]
-        start = np.minimum(bottom + 1, n - 1)
-        end = np.where(bottom + 1 < n, np.take_along_axis(dark_at, start.astype(np.intp), axis=2) - 1, bottom)
-        fill |= (depth > bottom) & (depth <= end) & wide_column
-    return m | fill
+    done = m | fill
+    if image is None or not wide_column.any():
+        return done
+    # follow the lumen below the run while it stays brighter than the tissue, within the wide columns'
+    # bounding box and below their shallowest bottom only (time, memory)
+    k0 = max(int(bottom[wide_column].min()) + 1, 0)
+    if k0 >= n:
+        return done
+    rows, cols = np.nonzero(wide_column[..., 0])
+    box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1), slice(k0, n))
+    seen = None if imaged is None else np.asarray(imaged, bool)
+    bright = lumen_bright(np.asarray(image, np.float32), m, seen, box)
+    sub_depth = depth[..., k0:] - k0
+    dark_at = np.minimum.accumulate(np.where(bright, index(n - k0), sub_depth)[..., ::-1], axis=2)[..., ::-1]
+    sub_bottom = bottom[box[:2]] - k0
+    start = np.clip(sub_bottom + 1, 0, n - k0 - 1).astype(np.intp)
+    end = np.where(sub_bottom + 1 < n - k0, np.take_along_axis(dark_at, start, axis=2) - 1, sub_bottom)
+    follow = (sub_depth > sub_bottom) & (sub_depth <= end) & wide_column[box[:2]]
+    if seen is not None:
+        follow &= seen[box]
+    done[box] |= follow
+    return done
 
 
 #: the darkest tissue level (fraction of the scan's scale) a lumen's contrast is measured against: where
@@ -215,22 +230,31 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
 MIN_TISSUE_LEVEL = 0.01
 
 
-def lumen_bright(image: np.ndarray, mask: np.ndarray, imaged: np.ndarray | None = None) -> np.ndarray:
+def lumen_bright(image: np.ndarray, mask: np.ndarray, imaged: np.ndarray | None = None,
+                 box: tuple[slice, slice, slice] | None = None) -> np.ndarray:
     """Where ``image`` (scaled to [0, 1], depth along k), as the median of 3 x 3 lateral voxels (noise
     grains and a lumen's edge do not leak into the tissue), is at least ``MIN_LUMEN_CONTRAST`` times the
-    median of its slice's tissue (the voxels outside ``mask``, inside ``imaged``; at least
-    ``MIN_TISSUE_LEVEL``); nowhere in a slice without such tissue."""
+    median of its slice's tissue (the voxels outside ``mask``, inside ``imaged``, over the whole slice;
+    at least ``MIN_TISSUE_LEVEL``); nowhere in a slice without such tissue. ``box``: the region
+    (slices along i, j, k) to answer for; default: the whole image."""
     from scipy import ndimage
 
     from octasim.inference import MIN_LUMEN_CONTRAST
 
-    smooth = ndimage.median_filter(image, size=(3, 3, 1), mode="nearest")
-    tissue_voxels = ~mask if imaged is None else ~mask & imaged
-    tissue = np.full(image.shape[2], np.inf, np.float32)
-    for k in range(image.shape[2]):
-        values = image[..., k][tissue_voxels[..., k]]
+    i, j, k = box or (slice(None),) * 3
+    i0, i1, _ = i.indices(image.shape[0])
+    j0, j1, _ = j.indices(image.shape[1])
+    lo_i, lo_j = max(i0 - 1, 0), max(j0 - 1, 0)  # the lateral median reads one voxel beyond the box
+    region = image[lo_i:min(i1 + 1, image.shape[0]), lo_j:min(j1 + 1, image.shape[1]), k]
+    smooth = ndimage.median_filter(region, size=(3, 3, 1), mode="nearest")
+    smooth = smooth[i0 - lo_i:i0 - lo_i + (i1 - i0), j0 - lo_j:j0 - lo_j + (j1 - j0)]
+    slices = range(image.shape[2])[k]
+    tissue = np.full(len(slices), np.inf, np.float32)
+    for n, kk in enumerate(slices):
+        outside = ~mask[..., kk] if imaged is None else ~mask[..., kk] & imaged[..., kk]
+        values = image[..., kk][outside]
         if values.size:
-            tissue[k] = max(float(np.median(values)), MIN_TISSUE_LEVEL)
+            tissue[n] = max(float(np.median(values)), MIN_TISSUE_LEVEL)
     return smooth >= MIN_LUMEN_CONTRAST * tissue[None, None, :]
 
 
@@ -346,6 +370,8 @@ def mask_from_probability(prob: np.ndarray, spacing_um: Sequence[float], state: 
         mask_k, spacing_k = to_depth_last(mask, spacing, depth_axis)
         imaged = None if roi is None else to_depth_last(roi, spacing, depth_axis)[0]
         grid = ModelGrid.from_checkpoint(state)
+        if volume is not None and np.shape(volume) != np.shape(prob):
+            raise ValueError(f"the volume's shape {np.shape(volume)} differs from the probability's {np.shape(prob)}")
         image = None if volume is None else to_depth_last(
             normalize_percentiles(volume, grid.clip_percentiles, roi), spacing, depth_axis)[0]
         wide_um = wide_vessel_um(grid)

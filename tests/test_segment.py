@@ -634,6 +634,10 @@ def test_a_dim_lumen_is_followed_below_the_mask_while_brighter_than_the_tissue()
     recall = lambda m: (m & tube).sum() / tube.sum()
     assert recall(without) < 0.9 and recall(followed) > 0.97, (recall(without), recall(followed))
     assert not (followed & ~without & ~tube).any()                 # nothing below the lumen
+    grainy = image.copy()
+    grainy[~tube & (k > 85.0) & (rng.random(tube.shape) < 0.03)] = 1.0  # bright grains in the tissue below
+    grains = complete_wide_lumens(found, (1.0, 1.0, 1.0), 32.0, image=grainy)
+    assert not (grains & ~without & ~tube).any()                   # a lone grain is not a lumen (lateral median)
     black = np.where(tube, lumen, 0.0) * (k < 85)
     black += (rng.random(tube.shape) < 0.05) * 0.005 * ~tube       # faint grains on a black floor
     black[tube & (k >= 60)] = 0.0                                  # the lumen ends at 60 um here
