@@ -110,7 +110,9 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
     walls, so the round section drawn from it falls short (synthetic r = 60 um two-photon vessel:
     the mask reached 105 um of a 134 um deep lumen; recall 0.807 -> 0.985).
 
-    Limits: a wide sheet tilted across the array's lateral edge can be extended by part of its width
+    Limits: the lumen following continues into anything bright directly below a wide vessel, with no
+    dark gap (another vessel, an OCT-A projection tail: synthetic OCT-A volumes 0.558 -> 0.552 Dice);
+    a wide sheet tilted across the array's lateral edge can be extended by part of its width
     (outside the array is not background); a vessel flatter than round (wider than deep) is deepened
     toward a round section, found whole or not; a scan whose top slices are blank but not excluded by
     ``imaged`` looks as if its vessels' tops were there.

@@ -643,3 +643,10 @@ def test_a_dim_lumen_is_followed_below_the_mask_while_brighter_than_the_tissue()
     black[tube & (k >= 60)] = 0.0                                  # the lumen ends at 60 um here
     dark = complete_wide_lumens(found, (1.0, 1.0, 1.0), 32.0, image=black.astype(np.float32))
     assert not (dark & ~without & ~(tube & (k < 60))).any()        # grains are not followed
+
+
+def test_mask_from_probability_refuses_a_volume_of_another_shape():
+    state = {"voxel_size_um": 1.0, "patch_size": [32, 32, 32], "threshold": 0.5}
+    prob = np.zeros((8, 8, 4), np.float32)
+    with pytest.raises(ValueError, match=r"volume's shape \(8, 8, 5\) differs"):
+        mask_from_probability(prob, (1.0, 1.0, 1.0), state, volume=np.zeros((8, 8, 5), np.float32))
