@@ -114,7 +114,7 @@ def run_model(label_name: str, state: dict, stacks, modes) -> list[dict]:
         for name, image, label in stacks:
             t = time.perf_counter()
             mask = mask_from_probability(predict(state, model, image, mode), SPACING_UM, state,
-                                         complete_lumens=mode != "no-completion", volume=image) > 0
+                                         complete_lumens=mode != "no-completion") > 0
             seconds = time.perf_counter() - t
             rows.append({"method": f"{label_name} [{mode}]", "stack": name, "seconds": seconds,
                          **scores(mask, label)})
