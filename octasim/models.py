@@ -27,7 +27,7 @@ INFERENCE_KEYS = ("model_state", "model_config", "voxel_size_um", "train_voxel_r
                   "preprocessing", "threshold", "threshold_calibration", "train_config", "step", "total_steps",
                   "on_the_fly", "seconds", "best_val_dice", "best_step", "init_from", "coarse_views")
 #: what a network for the coarse views must share with the model it joins: what it was trained to see
-SHARED_GRID_KEYS = ("voxel_size_um", "train_voxel_range_um", "patch_size", "preprocessing")
+SHARED_GRID_KEYS = ("voxel_size_um", "patch_size", "preprocessing")  # and the trained voxel range and input scale
 
 
 def training_totals(state: dict[str, Any]) -> tuple[int, float]:
@@ -90,7 +90,7 @@ def coarse_views_entry(state: dict[str, Any], coarse: str | Path) -> dict[str, A
     if other.get("coarse_views") is not None:
         raise CheckpointError(f"{path}: its coarse views are segmented by another network already; give "
                               "a model with one network")
-    differ = [k for k in SHARED_GRID_KEYS if k != "train_voxel_range_um" and other.get(k) != state.get(k)]
+    differ = [k for k in SHARED_GRID_KEYS if other.get(k) != state.get(k)]
     if trained_voxel_range(other) != trained_voxel_range(state):
         differ.append("train_voxel_range_um")
     scale = [{**PAPER_MODEL, **(s.get("model_config") or {})}["input_scale"] for s in (state, other)]
