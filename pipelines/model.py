@@ -31,7 +31,7 @@ def register(subparsers) -> None:
                          formatter_class=HelpFormatter)
     exp.add_argument("checkpoint", help="training checkpoint (runs/NAME/best.pt or last.pt)")
     exp.add_argument("--out", required=True, help="bundled model file to write (data/models/NAME.pt)")
-    exp.add_argument("--command", required=True,
+    exp.add_argument("--command", required=True, dest="training_command",  # not `command`: the CLI's subcommand
                      help="the exact command that trained the checkpoint (recorded in the model card)")
     exp.add_argument("--coarse-views", metavar="MODEL", default=None,
                      help="a bundled model's name or a checkpoint whose network segments the coarser views "
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from octasim.models import bundled_models, export_model, model_summary, resolve_model
 
     if args.action == "export":
-        out = export_model(args.checkpoint, args.out, command=args.command, coarse_views=args.coarse_views)
+        out = export_model(args.checkpoint, args.out, command=args.training_command, coarse_views=args.coarse_views)
         size_mb = out.stat().st_size / 2 ** 20
         print(f"wrote {out} ({size_mb:.1f} MB)")
         print(model_summary(load_checkpoint(out), str(out)))

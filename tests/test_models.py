@@ -229,4 +229,5 @@ def test_model_export_cli_with_coarse_views(tmp_path, capsys):
     _tiny_checkpoint(tmp_path / "other.pt", 1, voxel_size_um=1.0)
     assert main(["model", "export", str(tmp_path / "fine.pt"), "--out", str(tmp_path / "y.pt"), "--command", "c",
                  "--coarse-views", str(tmp_path / "other.pt")]) == 2
-    assert "voxel_size_um" in capsys.readouterr().err and not (tmp_path / "y.pt").exists()
+    err = capsys.readouterr().err
+    assert err.startswith("octasim model: error:") and "voxel_size_um" in err and not (tmp_path / "y.pt").exists()
