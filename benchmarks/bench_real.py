@@ -114,7 +114,7 @@ def run_model(label_name: str, state: dict, stacks, modes) -> list[dict]:
         for name, image, label in stacks:
             t = time.perf_counter()
             mask = mask_from_probability(predict(state, model, image, mode), SPACING_UM, state,
-                                         complete_lumens=mode != "no-completion") > 0
+                                         complete_lumens=mode != "no-completion", volume=image) > 0
             seconds = time.perf_counter() - t
             rows.append({"method": f"{label_name} [{mode}]", "stack": name, "seconds": seconds,
                          **scores(mask, label)})
@@ -396,7 +396,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stack-dir", type=Path, default=DEFAULT_STACK_DIR)
     p.add_argument("--models", nargs="*", default=None,
-                   help="checkpoints to measure (default: the bundled model)")
+                   help="checkpoints (paths) or bundled model names to measure (default: the bundled model)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=["single", "pyramid"])
     p.add_argument("--no-otsu", action="store_true")
     p.add_argument("--timing", action="store_true", help="also time segment on a 512 x 512 x 25 stack")
@@ -415,23 +415,22 @@ def main(argv=None) -> int:
                         "dimmed-slab score, procedural surface, deep and OCTA volumes, and the suite score "
                         "(mean of the four)")
     args = p.parse_args(argv)
+    from octasim.models import bundled_model_path, resolve_model
+
+    paths = [resolve_model(m) for m in args.models] if args.models else [bundled_model_path()]
     if args.octa_volumes:
         from octasim.model import load_checkpoint
-        from octasim.models import bundled_model_path
 
-        for path in args.models or [bundled_model_path()]:
+        for path in paths:
             print(path)
             octa_volume_scores(load_checkpoint(path))
         return 0
     if args.selection_score:
-        from octasim.models import bundled_model_path
-
-        for path in args.models or [bundled_model_path()]:
-            selection_score(Path(path))
+        for path in paths:
+            selection_score(path)
         return 0
 
     from octasim.model import load_checkpoint
-    from octasim.models import bundled_model_path
     from octasim.segment import otsu_segment
 
     stacks = load_stacks(args.stack_dir)
@@ -445,7 +444,6 @@ def main(argv=None) -> int:
             _, mask = otsu_segment(image, SPACING_UM)
             rows.append({"method": "otsu", "stack": name, "seconds": time.perf_counter() - t,
                          **scores(mask > 0, label)})
-    paths = [Path(m) for m in args.models] if args.models else [bundled_model_path()]
     state = None
     names = [p.name for p in paths]
     for path in paths:

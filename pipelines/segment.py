@@ -33,8 +33,11 @@ least 5 of its voxels in every lateral direction), pads stacks shallower than th
 (dark, as in training), runs sliding-window inference with Gaussian
 blending and resamples the probability back to the scan. The mask is the probability above the
 threshold, with the lower half of vessels wider than 32 um completed by symmetry below their middle,
-and such vessels cut by the scan's top filled from its first slice (--no-lumen-completion skips it;
-two-photon lumens dim with depth inside themselves, and out of focus where the stack cuts them).
+such vessels cut by the scan's top filled from its first slice, and their lumen followed further down
+while it stays twice as bright as the tissue, where that bright run ends within the vessel's own depth
+as a lumen does (an OCT-A projection tail fades far deeper and is left alone; --no-lumen-completion
+skips it all; two-photon lumens dim with depth inside themselves, and out of focus where the stack
+cuts them).
 Baselines: --method otsu (Otsu threshold of the normalized image) and --method frangi
 (Frangi vesselness for bright vessels, then Otsu); with them, --threshold is a fixed threshold on
 the normalized image / vesselness (0-1) instead of Otsu's.
@@ -86,8 +89,11 @@ def register(subparsers) -> None:
                         "(two-photon lumens dim with depth inside themselves and the network labels their "
                         "upper part). A vessel whose round section reaches above the scan's first imaged slice is "
                         "cut by it: filled from that slice down and, where its axis lies inside the scan, as deep "
-                        "below its widest slice as the section reaches. In the mask only; the probability map is "
-                        "the network's. Bundled model, surface real stack: Dice 0.800 -> 0.903; the deep one, "
+                        "below its widest slice as the section reaches. Below that, the lumen is followed while the "
+                        "image stays twice as bright as its slice's tissue, where that bright run closes within the "
+                        "completed depth again (a lumen's bottom; an OCT-A projection tail fades far deeper and is "
+                        "not followed). In the mask only; the probability map is "
+                        "the network's. Bundled model, surface real stack: Dice 0.800 -> 0.904; the deep one, "
                         "without such vessels, unchanged")
     p.add_argument("--min-component-um3", type=float, default=0.0,
                    help="remove connected vessel components smaller than this volume (um^3); 0 keeps all")
@@ -168,8 +174,9 @@ def run(args: argparse.Namespace) -> int:
         print(model_summary(model, str(path)))
         print("lateral flips on: every window averaged over its four mirror images (--no-tta: 2.5-4x faster)"
               if args.tta else "lateral flips off (--no-tta)")
-        print("wide vessels' lower half completed below their round section's middle, and filled from the scan's "
-              "top where it cuts them (--no-lumen-completion to skip)"
+        print("wide vessels' lower half completed below their round section's middle, filled from the scan's "
+              "top where it cuts them, and followed down while twice as bright as the tissue where that run "
+              "closes like a lumen (--no-lumen-completion to skip)"
               if args.lumen_completion else "wide vessels not completed (--no-lumen-completion)")
         if args.threshold is not None:
             print(f"threshold {args.threshold:.2f} (--threshold)")

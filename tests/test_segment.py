@@ -383,7 +383,7 @@ def test_mask_from_probability_is_the_mask_segment_volume_makes():
     roi = k >= 12.0
     for kw in ({}, {"roi": roi}, {"complete_lumens": False}, {"threshold": 0.2, "min_component_um3": 50.0}):
         prob, mask = segment_volume(image, (1.0, 1.0, 1.0), state, model=ProbIsImage(), tta=False, **kw)
-        np.testing.assert_array_equal(mask_from_probability(prob, (1.0, 1.0, 1.0), state, **kw), mask)
+        np.testing.assert_array_equal(mask_from_probability(prob, (1.0, 1.0, 1.0), state, volume=image, **kw), mask)
     assert mask_from_probability(prob, (1.0, 1.0, 1.0), state).sum() > (prob > 0.5).sum()  # completed
 
 
@@ -613,3 +613,63 @@ def test_segment_files_roi_with_another_affine_is_refused(tmp_path, ckpt):
     region = write_nifti(tmp_path / "roi.nii.gz", roi, moved)
     (res,) = segment_files([src], tmp_path / "out", model=ckpt, device="cpu", progress=False, roi=region)
     assert not res.ok and str(region) in res.error and "affine" in res.error and "a.nii.gz" in res.error
+
+
+def test_a_dim_lumen_is_followed_below_the_mask_while_brighter_than_the_tissue():
+    """A wide lumen labelled only in its upper third and split into two walls below (the mask of a
+    two-photon lumen dimmed by the blood above it): with the image, the lumen is followed down while
+    it stays twice as bright as its slice's tissue, and not into the tissue below it; without the
+    image, the round section drawn from that mask falls short. A black background (tissue at the
+    scan's floor) with faint grains does not pass for a lumen."""
+    rng = np.random.default_rng(0)
+    tube, k = horizontal_tube((240, 16, 110), 40.0, 45.0)         # 80 um wide, k 5-85, in a 240 um field
+    i = np.arange(240)[:, None, None] + 0.5
+    walls = tube & (np.abs(i - 120.0) > 25.0) & (k < 70.0)        # the two walls the network labels below
+    found = tube & (k < 25.0) | walls
+    lumen = 0.9 * np.exp(-(k - 5.0) / 60.0)                        # dims to 0.24 at the bottom
+    image = np.where(tube, lumen, 0.08) + rng.normal(0, 0.01, tube.shape)
+    image = np.clip(image, 0, 1).astype(np.float32)
+    without = complete_wide_lumens(found, (1.0, 1.0, 1.0), 32.0)
+    followed = complete_wide_lumens(found, (1.0, 1.0, 1.0), 32.0, image=image)
+    recall = lambda m: (m & tube).sum() / tube.sum()
+    assert recall(without) < 0.9 and recall(followed) > 0.97, (recall(without), recall(followed))
+    assert not (followed & ~without & ~tube).any()                 # nothing below the lumen
+    grainy = image.copy()
+    grainy[~tube & (k > 85.0) & (rng.random(tube.shape) < 0.03)] = 1.0  # bright grains in the tissue below
+    grains = complete_wide_lumens(found, (1.0, 1.0, 1.0), 32.0, image=grainy)
+    assert not (grains & ~without & ~tube).any()                   # a lone grain is not a lumen (lateral median)
+    black = np.where(tube, lumen, 0.0) * (k < 85)
+    black += (rng.random(tube.shape) < 0.05) * 0.005 * ~tube       # faint grains on a black floor
+    black[tube & (k >= 60)] = 0.0                                  # the lumen ends at 60 um here
+    dark = complete_wide_lumens(found, (1.0, 1.0, 1.0), 32.0, image=black.astype(np.float32))
+    assert not (dark & ~without & ~(tube & (k < 60))).any()        # grains are not followed
+
+
+def test_a_projection_tail_below_a_wide_vessel_is_not_followed():
+    """An OCT-A projection tail continues below a wide vessel as wide as it and fades over hundreds of
+    um: a lumen's bright run closes within its own depth, a tail's does not, so neither a tail running
+    to the scan's bottom nor one fading far below the vessel is followed; the round completion stays."""
+    rng = np.random.default_rng(1)
+    tube, k = horizontal_tube((240, 16, 300), 40.0, 45.0)         # 80 um wide, k 5-85
+    i = np.arange(240)[:, None, None] + 0.5
+    walls = tube & (np.abs(i - 120.0) > 25.0) & (k < 70.0)
+    found = tube & (k < 25.0) | walls
+    under = ~tube & (np.cumsum(tube, axis=2) > 0)                 # below the vessel's lower wall
+    without = complete_wide_lumens(found, (1.0, 1.0, 1.0), 32.0)
+    for tail_end in (300.0, 250.0):                               # to the bottom; fading at 250 um
+        tail = under & (k < tail_end)
+        image = np.where(tube, 0.9, np.where(tail, 0.6 * np.exp(-(k - 45.0) / 300.0), 0.08))
+        image = np.clip(image + rng.normal(0, 0.01, tube.shape), 0, 1).astype(np.float32)
+        followed = complete_wide_lumens(found, (1.0, 1.0, 1.0), 32.0, image=image)
+        np.testing.assert_array_equal(followed, without)
+    # the same tail ending right below the vessel (a lumen's bottom blurred by the optics) is followed
+    image = np.where(tube, 0.9, np.where(under & (k < 88.0), 0.6, 0.08)).astype(np.float32)
+    followed = complete_wide_lumens(found, (1.0, 1.0, 1.0), 32.0, image=image)
+    assert (followed & tube).sum() > (without & tube).sum()
+
+
+def test_mask_from_probability_refuses_a_volume_of_another_shape():
+    state = {"voxel_size_um": 1.0, "patch_size": [32, 32, 32], "threshold": 0.5}
+    prob = np.zeros((8, 8, 4), np.float32)
+    with pytest.raises(ValueError, match=r"volume's shape \(8, 8, 5\) differs"):
+        mask_from_probability(prob, (1.0, 1.0, 1.0), state, volume=np.zeros((8, 8, 5), np.float32))
