@@ -662,10 +662,21 @@ def test_a_projection_tail_below_a_wide_vessel_is_not_followed():
         image = np.clip(image + rng.normal(0, 0.01, tube.shape), 0, 1).astype(np.float32)
         followed = complete_wide_lumens(found, (1.0, 1.0, 1.0), 32.0, image=image)
         np.testing.assert_array_equal(followed, without)
-    # the same tail ending right below the vessel (a lumen's bottom blurred by the optics) is followed
+        # a region of interest ending above the tail's end: the run stops at its edge, unseen to close
+        imaged = k < 120.0
+        cut = complete_wide_lumens(found, (1.0, 1.0, 1.0), 32.0, imaged, np.where(imaged, image, 0.0))
+        np.testing.assert_array_equal(cut, without)
+    # a scan ending 35 um below the vessel, the tail running to its last slice: not seen to close
+    short = (slice(None), slice(None), slice(0, 120))
+    image = np.where(tube, 0.9, np.where(under, 0.6, 0.08))[short].astype(np.float32)
+    followed = complete_wide_lumens(found[short], (1.0, 1.0, 1.0), 32.0, image=image)
+    np.testing.assert_array_equal(followed, complete_wide_lumens(found[short], (1.0, 1.0, 1.0), 32.0))
+    # the same tail ending right below the vessel (a lumen's bottom blurred by the optics) is followed,
+    # down to where it ends
     image = np.where(tube, 0.9, np.where(under & (k < 88.0), 0.6, 0.08)).astype(np.float32)
     followed = complete_wide_lumens(found, (1.0, 1.0, 1.0), 32.0, image=image)
     assert (followed & tube).sum() > (without & tube).sum()
+    assert not (followed & ~without & (k >= 88.0)).any()
 
 
 def test_mask_from_probability_refuses_a_volume_of_another_shape():
