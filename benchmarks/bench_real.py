@@ -25,7 +25,8 @@ Modes (the ablation of the image pyramid, ``octasim.inference``): ``single`` = t
 wider than its finer neighbour segments whole and twice as bright as its tissue,
 ``octasim.inference.finds_wide_vessels``, each window
 averaged over its four lateral flips, the mask made as ``segment`` makes it, wide vessels completed
-below their round section's middle and from the scan's top where it cuts them, ``octasim.segment.mask_from_probability``, in every mode but one); ``no-tta`` = the default path
+below their round section's middle and from the scan's top where it cuts them, and their lumen followed
+below where it closes, ``octasim.segment.mask_from_probability``, in every mode but one); ``no-tta`` = the default path
 without the flips; ``no-completion`` = the default path without that completion; ``all-views`` = every
 view the checkpoint allows, whether needed or not; ``max`` = all views fused by a plain maximum
 (coarse views not opened); ``unflattened`` = all views without flattening the coarse views' gain

@@ -76,7 +76,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (GPU memory / speed)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="test-time augmentation: average every window over the four flips of the two lateral "
-                        "axes (depth is never flipped). --no-tta is 2.5-4x faster and "
+                        "axes (depth is never flipped). --no-tta is 2.2-4x faster and "
                         "scores slightly lower (bundled model: Dice 0.670 -> 0.668 on the deep real stack, "
                         "0.903 -> 0.902 on the surface one)")
     p.add_argument("--lumen-completion", action=argparse.BooleanOptionalAction, default=True,
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         if views == "single":
             views = [ModelGrid.from_checkpoint(model).voxel_size_um]
         print(model_summary(model, str(path)))
-        print("lateral flips on: every window averaged over its four mirror images (--no-tta: 2.5-4x faster)"
+        print("lateral flips on: every window averaged over its four mirror images (--no-tta: 2.2-4x faster)"
               if args.tta else "lateral flips off (--no-tta)")
         print("wide vessels' lower half completed below their round section's middle, filled from the scan's "
               "top where it cuts them, and followed down while twice as bright as the tissue where that run "
