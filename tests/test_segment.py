@@ -362,9 +362,11 @@ def test_segment_volume_completes_wide_lumens_in_the_mask_only():
                                depth_axis="i")
     np.testing.assert_array_equal(mask_i, np.moveaxis(mask, 2, 0))
     roi = k < 26.0
-    _, mask_roi = segment_volume(image, (1.0, 1.0, 1.0), state, model=net, tta=False, roi=roi)
+    prob_roi, mask_roi = segment_volume(image, (1.0, 1.0, 1.0), state, model=net, tta=False, roi=roi)
     assert not mask_roi[~roi].any() and mask_roi[tube & roi & (k > 20.0)].any()  # completed inside the region
-    np.testing.assert_array_equal(mask_roi, mask * roi)
+    assert (mask_roi <= mask * roi).all()
+    # its dim lumen runs into the region's lower edge, where it is not seen to close: not followed
+    np.testing.assert_array_equal(mask_roi, mask_from_probability(prob_roi, (1.0, 1.0, 1.0), state, roi=roi))
     below_top = k >= 12.0                                       # a region that cuts the tube's top off:
     _, mask_cut = segment_volume(image, (1.0, 1.0, 1.0), state, model=net, tta=False, roi=below_top)
     assert mask_cut[tube & (k > 21.0)].any() and not mask_cut[~below_top].any()  # not taken as its top
