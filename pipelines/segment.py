@@ -78,7 +78,7 @@ def register(subparsers) -> None:
                    help="test-time augmentation: average every window over the four flips of the two lateral "
                         "axes (depth is never flipped). --no-tta is 2.2-4x faster and "
                         "scores slightly lower (bundled model: Dice 0.670 -> 0.668 on the deep real stack, "
-                        "0.903 -> 0.902 on the surface one)")
+                        "0.904 -> 0.903 on the surface one)")
     p.add_argument("--lumen-completion", action=argparse.BooleanOptionalAction, default=True,
                    help="complete the lower half of vessels wider than a quarter of the network's window "
                         "(32 um for the bundled models) by symmetry: below the middle of such a vessel's round "
@@ -90,9 +90,10 @@ def register(subparsers) -> None:
                         "upper part). A vessel whose round section reaches above the scan's first imaged slice is "
                         "cut by it: filled from that slice down and, where its axis lies inside the scan, as deep "
                         "below its widest slice as the section reaches. Below that, the lumen is followed while the "
-                        "image stays twice as bright as its slice's tissue, where that bright run closes within the "
-                        "completed depth again (a lumen's bottom; an OCT-A projection tail fades far deeper and is "
-                        "not followed). In the mask only; the probability map is "
+                        "image stays twice as bright as its slice's tissue, where that bright run closes no deeper "
+                        "below the completed run than the run is long (a lumen's bottom; not where the run reaches "
+                        "the scan's last slice or the lower edge of --roi; an OCT-A projection tail fades far "
+                        "deeper and is not followed). In the mask only; the probability map is "
                         "the network's. Bundled model, surface real stack: Dice 0.800 -> 0.904; the deep one, "
                         "without such vessels, unchanged")
     p.add_argument("--min-component-um3", type=float, default=0.0,
