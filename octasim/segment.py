@@ -300,17 +300,15 @@ def trim_projection_tails(mask: np.ndarray, spacing_um: Sequence[float], min_wid
     voxels belongs to a vessel at least ``min_width_um`` wide that lies across the column (the
     component is a band: more area than a disk of radius ``r`` twice over) and runs on more than
     ``MAX_RUN_PER_SECTION`` times that reach below its widest slice (plus ``AXIAL_BLUR_ALLOWANCE_UM``
-    and one slice), the run's voxels below that are cut where their own slice's component is still at
-    least ``min_width_um`` wide (its largest in-plane distance at least half that). Left whole: a vessel
-    diving along the column (a disk in its slices), a narrower vessel leaving the wide one downward
-    (while its slice component stays narrower than ``min_width_um``),
+    and one slice), the run's voxels below that are cut where their own slice's component is still
+    that wide. Left whole: a vessel
+    diving along the column (a disk in its slices), a narrower vessel leaving the wide one downward,
     runs no deeper than that, narrower vessels and everything below the first run. Measured from the widest slice, not the
     run's top, so a vessel cut by the scan's top (its widest slice at the top, its reach generous) or
     a mask drawn above the vessel's top is not cut short.
 
     Limits: a vessel touching a wide one from below within its columns loses the part deeper than the
-    limit there; a wide vessel diving from a band is cut like a tail below the limit in the band's
-    columns.
+    limit there; a band whose widest slice merges with a wide diving vessel is cut like a tail.
     """
     from scipy import ndimage
 
@@ -320,7 +318,7 @@ def trim_projection_tails(mask: np.ndarray, spacing_um: Sequence[float], min_wid
     n = m.shape[2]
     half_width = np.zeros(m.shape, np.float32)  # in-plane distance to the background (um)
     radius = np.zeros(m.shape, np.float32)      # the largest such distance in the voxel's slice component
-    band = np.zeros(m.shape, bool)              # that component has more area than two disks of that radius
+    band = np.zeros(m.shape, bool)              # that component is longer than a disk of that radius
     for k in range(n):
         if not m[..., k].any():
             continue

@@ -84,7 +84,7 @@ def register(subparsers) -> None:
                    help="cut the projection tail of vessels wider than a quarter of the network's window "
                         "(32 um for the bundled models) where the mask runs on below such a vessel lying across "
                         "the column more than 1.5x its round section's reach below its widest slice (+3 um of "
-                        "blur; only what is still that wide in its own slice: OCT-A tails, not narrower vessels leaving it "
+                        "blur; only what is still that wide in its own slice: OCT-A tails, not vessels leaving it "
                         "downward), and complete the lower half of such vessels by symmetry: below the middle of such a vessel's round "
                         "section (the slice where its mask is widest across the lateral plane or, if lower, the "
                         "mask's top plus the depth (um) a round section of its width reaches above its middle; "
