@@ -324,8 +324,6 @@ def trim_projection_tails(mask: np.ndarray, spacing_um: Sequence[float], min_wid
             continue
         dist = ndimage.distance_transform_edt(m[..., k], sampling=lateral)
         half_width[..., k] = dist
-        if 2.0 * dist.max() < min_width_um:  # no wide vessel here: nothing to cut or to measure by
-            continue
         labels, count = ndimage.label(m[..., k])
         index = np.arange(1, count + 1)
         area = ndimage.sum_labels(m[..., k], labels, index) * lateral[0] * lateral[1]
@@ -410,8 +408,7 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
     wide vessels), sliding-window inference (``overlap`` as a fraction of the window,
     ``sw_batch_size`` windows per forward pass, float16 autocast on CUDA, fp32 on CPU, ``tta``:
     average over the four lateral flips, default on), fusion of the views, resampling back. Then the
-    threshold (default: the checkpoint's, else 0.5), wide vessels' projection tails cut
-    (:func:`trim_projection_tails`), the lower half of wide vessels completed by
+    threshold (default: the checkpoint's, else 0.5), the lower half of wide vessels completed by
     symmetry, those cut by the scan's top filled from it, and their lumen followed down while twice as
     bright as the tissue, where it closes as a lumen does (``complete_lumens``, :func:`complete_wide_lumens`: vessels wider than a quarter of the
     finest view's window, 32 um for the bundled models; in the mask only, the probability is the
@@ -449,9 +446,8 @@ def mask_from_probability(prob: np.ndarray, spacing_um: Sequence[float], state: 
                           complete_lumens: bool = True, min_component_um3: float = 0.0,
                           volume: np.ndarray | None = None) -> np.ndarray:
     """The mask :func:`segment_volume` makes of a U-Net probability (the scan's shape, voxel size
-    ``spacing_um`` um): probability > ``threshold`` (default: the checkpoint's, else 0.5), wide vessels'
-    projection tails cut and their lumens
-    completed (``complete_lumens``, :func:`trim_projection_tails`, :func:`complete_wide_lumens` with the checkpoint's wide-vessel
+    ``spacing_um`` um): probability > ``threshold`` (default: the checkpoint's, else 0.5), wide lumens
+    completed (``complete_lumens``, :func:`complete_wide_lumens` with the checkpoint's wide-vessel
     width; the top of ``roi`` is not taken for a vessel's; nothing outside it; with ``volume``, the
     scan, wide lumens are followed below the mask while they stay brighter than the tissue, where they
     close within the vessel's depth), then

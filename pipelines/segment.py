@@ -32,8 +32,7 @@ than the network's window are seen whole; a coarse view adds only what it calls 
 least 5 of its voxels in every lateral direction), pads stacks shallower than the window with 0
 (dark, as in training), runs sliding-window inference with Gaussian
 blending and resamples the probability back to the scan. The mask is the probability above the
-threshold, with the projection tail below vessels wider than 32 um cut where the mask runs on far
-deeper than such a vessel's round section (OCT-A), their lower half completed by symmetry below their middle,
+threshold, with the lower half of vessels wider than 32 um completed by symmetry below their middle,
 such vessels cut by the scan's top filled from its first slice, and their lumen followed further down
 while it stays twice as bright as the tissue, where that bright run ends within the vessel's own depth
 as a lumen does (an OCT-A projection tail fades far deeper and is left alone; --no-lumen-completion
@@ -81,11 +80,8 @@ def register(subparsers) -> None:
                         "scores slightly lower (bundled model: Dice 0.670 -> 0.668 on the deep real stack, "
                         "0.904 -> 0.903 on the surface one)")
     p.add_argument("--lumen-completion", action=argparse.BooleanOptionalAction, default=True,
-                   help="cut the projection tail of vessels wider than a quarter of the network's window "
-                        "(32 um for the bundled models) where the mask runs on below such a vessel lying across "
-                        "the column more than 1.5x its round section's reach below its widest slice (+3 um of "
-                        "blur; only what is still that wide in its own slice: OCT-A tails, not vessels leaving it "
-                        "downward), and complete the lower half of such vessels by symmetry: below the middle of such a vessel's round "
+                   help="complete the lower half of vessels wider than a quarter of the network's window "
+                        "(32 um for the bundled models) by symmetry: below the middle of such a vessel's round "
                         "section (the slice where its mask is widest across the lateral plane or, if lower, the "
                         "mask's top plus the depth (um) a round section of its width reaches above its middle; "
                         "not where the mask starts at the scan's first slice or the top of --roi), its lumen is "
@@ -182,8 +178,7 @@ def run(args: argparse.Namespace) -> int:
         print(model_summary(model, str(path)))
         print("lateral flips on: every window averaged over its four mirror images (--no-tta: 2.2-4x faster)"
               if args.tta else "lateral flips off (--no-tta)")
-        print("wide vessels' projection tails cut, their lower half completed below their round section's middle, "
-              "filled from the scan's "
+        print("wide vessels' lower half completed below their round section's middle, filled from the scan's "
               "top where it cuts them, and followed down while twice as bright as the tissue where that run "
               "closes like a lumen (--no-lumen-completion to skip)"
               if args.lumen_completion else "wide vessels not completed (--no-lumen-completion)")
