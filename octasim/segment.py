@@ -299,9 +299,9 @@ def trim_projection_tails(mask: np.ndarray, spacing_um: Sequence[float], min_wid
     section reaches ``sqrt(2 r h - h^2)`` below the middle. Where the column's first run of vessel
     voxels belongs to a vessel at least ``min_width_um`` wide that lies across the column (the
     component is a band: more area than a disk of radius ``r`` twice over) and runs on more than
-    ``MAX_RUN_PER_SECTION`` times that reach below its widest slice (plus ``AXIAL_BLUR_ALLOWANCE_UM``
-    and one slice), the run's voxels below that are cut where their own slice's component is still
-    that wide. Left whole: a vessel
+    ``MAX_RUN_PER_SECTION`` times that reach below its widest slice (plus the depth over which whole-voxel
+    widths tie about the middle, ``AXIAL_BLUR_ALLOWANCE_UM`` and one slice), the run's voxels below
+    that are cut where they still belong to a wide band in their own slice. Left whole: a vessel
     diving along the column (a disk in its slices), a narrower vessel leaving the wide one downward,
     runs no deeper than that, narrower vessels and everything below the first run. Measured from the widest slice, not the
     run's top, so a vessel cut by the scan's top (its widest slice at the top, its reach generous) or
@@ -339,12 +339,15 @@ def trim_projection_tails(mask: np.ndarray, spacing_um: Sequence[float], min_wid
     h = np.take_along_axis(run_width, widest, axis=2)
     r = np.take_along_axis(radius, widest, axis=2)
     reach = np.sqrt(np.maximum(2.0 * r * h - h * h, 0.0))  # um below the middle
-    allowed = MAX_RUN_PER_SECTION * reach + AXIAL_BLUR_ALLOWANCE_UM
+    # widths come in whole lateral voxels, so the first widest slice lies up to sqrt(2 r dx) above the
+    # middle (the depth over which a round section is within one voxel of its widest)
+    plateau = np.sqrt(2.0 * r * max(lateral))
+    allowed = MAX_RUN_PER_SECTION * reach + plateau + AXIAL_BLUR_ALLOWANCE_UM
     limit = widest + np.ceil(allowed / spacing[2]).astype(np.intp) + 1
     tail = (2.0 * r >= min_width_um) & np.take_along_axis(band, widest, axis=2) & (run_end > limit)
-    # only what is still part of a wide vessel in its own slice (a tail is as wide as its vessel; a
+    # only what is still part of a wide band in its own slice (a tail is as wide as its vessel; a
     # narrower vessel leaving the wide one downward is not cut)
-    below = tail & in_run & (depth >= limit) & (2.0 * radius >= min_width_um)
+    below = tail & in_run & (depth >= limit) & band
     return m & ~below
 
 
