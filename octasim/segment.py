@@ -281,10 +281,8 @@ def lumen_bright(image: np.ndarray, mask: np.ndarray, imaged: np.ndarray | None 
 
 
 #: how much deeper than its round section a wide vessel lying across a column may run in the mask
-#: before the rest is taken for its projection tail
+#: before the rest is taken for its projection tail (the optics blur a lumen along depth a little)
 MAX_RUN_PER_SECTION = 1.5
-#: and the depth (um) the optics' axial blur may add to a lumen's mask at its bottom
-AXIAL_BLUR_ALLOWANCE_UM = 3.0
 
 
 def trim_projection_tails(mask: np.ndarray, spacing_um: Sequence[float], min_width_um: float) -> np.ndarray:
@@ -299,11 +297,9 @@ def trim_projection_tails(mask: np.ndarray, spacing_um: Sequence[float], min_wid
     section reaches ``sqrt(2 r h - h^2)`` below the middle. Where the column's first run of vessel
     voxels belongs to a vessel at least ``min_width_um`` wide that lies across the column (the
     component is a band: more area than a disk of radius ``r`` twice over) and runs on more than
-    ``MAX_RUN_PER_SECTION`` times that reach below its widest slice (plus the depth over which whole-voxel
-    widths tie about the middle, ``AXIAL_BLUR_ALLOWANCE_UM`` and one slice), the run's voxels below
-    that are cut where they still belong to a wide band in their own slice. Left whole: a vessel
-    diving along the column (a disk in its slices), a narrower vessel leaving the wide one downward,
-    runs no deeper than that, narrower vessels and everything below the first run. Measured from the widest slice, not the
+    ``MAX_RUN_PER_SECTION`` times that reach plus one slice below its widest slice, the run is cut
+    there. Left whole: a vessel diving along the column (a disk in its slices), runs no deeper than
+    that, narrower vessels and everything below the first run. Measured from the widest slice, not the
     run's top, so a vessel cut by the scan's top (its widest slice at the top, its reach generous) or
     a mask drawn above the vessel's top is not cut short.
 
@@ -324,31 +320,26 @@ def trim_projection_tails(mask: np.ndarray, spacing_um: Sequence[float], min_wid
             continue
         dist = ndimage.distance_transform_edt(m[..., k], sampling=lateral)
         half_width[..., k] = dist
+        if 2.0 * dist.max() < min_width_um:
+            continue
         labels, count = ndimage.label(m[..., k])
         index = np.arange(1, count + 1)
         area = ndimage.sum_labels(m[..., k], labels, index) * lateral[0] * lateral[1]
         largest = ndimage.maximum(dist, labels, index)
         radius[..., k] = np.concatenate([[0.0], largest])[labels]
         band[..., k] = np.concatenate([[False], area > 2.0 * np.pi * largest ** 2])[labels]
-    depth = np.arange(n, dtype=np.int16 if n < np.iinfo(np.int16).max else np.int32)[None, None, :]
-    first = np.where(m.any(axis=2), m.argmax(axis=2), n).astype(depth.dtype)[..., None]
-    run_end = np.where(~m & (depth > first), depth, depth.dtype.type(n)).min(axis=2)[..., None]  # first gap below
+    depth = np.arange(n)[None, None, :]
+    first = np.where(m.any(axis=2), m.argmax(axis=2), n)[..., None]
+    run_end = np.where(~m & (depth > first), depth, n).min(axis=2)[..., None]  # first background below it
     in_run = (depth >= first) & (depth < run_end)
     run_width = np.where(in_run, half_width, 0.0)
     widest = run_width.argmax(axis=2)[..., None]
     h = np.take_along_axis(run_width, widest, axis=2)
     r = np.take_along_axis(radius, widest, axis=2)
-    reach = np.sqrt(np.maximum(2.0 * r * h - h * h, 0.0))  # um below the middle
-    # widths come in whole lateral voxels, so the first widest slice lies up to sqrt(2 r dx) above the
-    # middle (the depth over which a round section is within one voxel of its widest)
-    plateau = np.sqrt(2.0 * r * max(lateral))
-    allowed = MAX_RUN_PER_SECTION * reach + plateau + AXIAL_BLUR_ALLOWANCE_UM
-    limit = widest + np.ceil(allowed / spacing[2]).astype(np.intp) + 1
+    reach = np.sqrt(np.maximum(2.0 * r * h - h * h, 0.0))  # um below the widest slice
+    limit = widest + np.ceil(MAX_RUN_PER_SECTION * reach / spacing[2]).astype(np.intp) + 1
     tail = (2.0 * r >= min_width_um) & np.take_along_axis(band, widest, axis=2) & (run_end > limit)
-    # only what is still part of a wide band in its own slice (a tail is as wide as its vessel; a
-    # narrower vessel leaving the wide one downward is not cut)
-    below = tail & in_run & (depth >= limit) & band
-    return m & ~below
+    return m & ~(tail & in_run & (depth >= limit))
 
 
 def round_section_reach(dist: np.ndarray, spacing_um: Sequence[float], min_radius_um: float,
