@@ -280,68 +280,6 @@ def lumen_bright(image: np.ndarray, mask: np.ndarray, imaged: np.ndarray | None 
     return smooth >= MIN_LUMEN_CONTRAST * tissue[None, None, :]
 
 
-#: how much deeper than its round section a wide vessel lying across a column may run in the mask
-#: before the rest is taken for its projection tail (the optics blur a lumen along depth a little)
-MAX_RUN_PER_SECTION = 1.5
-
-
-def trim_projection_tails(mask: np.ndarray, spacing_um: Sequence[float], min_width_um: float) -> np.ndarray:
-    """The mask with each wide vessel's run cut where it continues far deeper than the vessel's round
-    section reaches (depth along k, k = 0 the surface side; ``spacing_um`` along i, j, k): a bool mask.
-
-    Why: below a wide vessel an OCT-A projection tail is as wide as the vessel and nearly as bright
-    (synthetic r = 30 um vessel: 0.96 of the vessel's value, 5x the tissue), so the network labels it
-    too, down to the scan's bottom (precision 0.27). A vessel is a round tube: in a column ``h`` from
-    the edge of a vessel of radius ``r`` (its in-plane distance to the background, and the largest in
-    its slice's component, both in the run's first widest slice, about the vessel's middle) the
-    section reaches ``sqrt(2 r h - h^2)`` below the middle. Where the column's first run of vessel
-    voxels belongs to a vessel at least ``min_width_um`` wide that lies across the column (the
-    component is a band: more area than a disk of radius ``r`` twice over) and runs on more than
-    ``MAX_RUN_PER_SECTION`` times that reach plus one slice below its widest slice, the run is cut
-    there. Left whole: a vessel diving along the column (a disk in its slices), runs no deeper than
-    that, narrower vessels and everything below the first run. Measured from the widest slice, not the
-    run's top, so a vessel cut by the scan's top (its widest slice at the top, its reach generous) or
-    a mask drawn above the vessel's top is not cut short.
-
-    Limits: a vessel touching a wide one from below within its columns loses the part deeper than the
-    limit there; a band whose widest slice merges with a wide diving vessel is cut like a tail.
-    """
-    from scipy import ndimage
-
-    m = np.asarray(mask).astype(bool)
-    spacing = check_spacing(spacing_um)
-    lateral = tuple(float(x) for x in spacing[:2])
-    n = m.shape[2]
-    half_width = np.zeros(m.shape, np.float32)  # in-plane distance to the background (um)
-    radius = np.zeros(m.shape, np.float32)      # the largest such distance in the voxel's slice component
-    band = np.zeros(m.shape, bool)              # that component is longer than a disk of that radius
-    for k in range(n):
-        if not m[..., k].any():
-            continue
-        dist = ndimage.distance_transform_edt(m[..., k], sampling=lateral)
-        half_width[..., k] = dist
-        if 2.0 * dist.max() < min_width_um:
-            continue
-        labels, count = ndimage.label(m[..., k])
-        index = np.arange(1, count + 1)
-        area = ndimage.sum_labels(m[..., k], labels, index) * lateral[0] * lateral[1]
-        largest = ndimage.maximum(dist, labels, index)
-        radius[..., k] = np.concatenate([[0.0], largest])[labels]
-        band[..., k] = np.concatenate([[False], area > 2.0 * np.pi * largest ** 2])[labels]
-    depth = np.arange(n)[None, None, :]
-    first = np.where(m.any(axis=2), m.argmax(axis=2), n)[..., None]
-    run_end = np.where(~m & (depth > first), depth, n).min(axis=2)[..., None]  # first background below it
-    in_run = (depth >= first) & (depth < run_end)
-    run_width = np.where(in_run, half_width, 0.0)
-    widest = run_width.argmax(axis=2)[..., None]
-    h = np.take_along_axis(run_width, widest, axis=2)
-    r = np.take_along_axis(radius, widest, axis=2)
-    reach = np.sqrt(np.maximum(2.0 * r * h - h * h, 0.0))  # um below the widest slice
-    limit = widest + np.ceil(MAX_RUN_PER_SECTION * reach / spacing[2]).astype(np.intp) + 1
-    tail = (2.0 * r >= min_width_um) & np.take_along_axis(band, widest, axis=2) & (run_end > limit)
-    return m & ~(tail & in_run & (depth >= limit))
-
-
 def round_section_reach(dist: np.ndarray, spacing_um: Sequence[float], min_radius_um: float,
                         step: float = 1.1) -> np.ndarray:
     """For each pixel of a 2D slice of a vessel mask, how far (um) a vessel of round cross-section
@@ -460,7 +398,6 @@ def mask_from_probability(prob: np.ndarray, spacing_um: Sequence[float], state: 
         image = None if volume is None else to_depth_last(
             normalize_percentiles(volume, grid.clip_percentiles, roi), spacing, depth_axis)[0]
         wide_um = wide_vessel_um(grid)
-        mask_k = trim_projection_tails(mask_k, spacing_k, wide_um)
         mask = from_depth_last(complete_wide_lumens(mask_k, spacing_k, wide_um, imaged, image), depth_axis)
         if roi is not None:
             mask &= roi

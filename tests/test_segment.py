@@ -12,7 +12,6 @@ from octasim.metrics import dice
 from octasim.model import CheckpointError, build_unet, load_checkpoint, save_checkpoint
 from octasim.nifti import read_volume
 from octasim.segment import (complete_wide_lumens, frangi_segment, mask_from_probability, otsu_segment,
-                             trim_projection_tails,
                              remove_small_components, round_section_reach, segment_files, segment_volume)
 
 TINY = {"channels": [4, 8], "strides": [2], "num_res_units": 0, "dropout": 0.0}
@@ -680,36 +679,6 @@ def test_a_projection_tail_below_a_wide_vessel_is_not_followed():
     followed = complete_wide_lumens(found, (1.0, 1.0, 1.0), 32.0, image=image)
     assert (followed & tube).sum() > (without & tube).sum()
     assert not (followed & ~without & (k >= 88.0)).any()
-
-
-def test_a_wide_vessels_projection_tail_is_cut_from_the_mask_and_a_diving_vessel_is_not():
-    """A 40 um wide vessel lying across the field whose mask runs on to the scan's bottom (an OCT-A
-    projection tail the network labelled) is cut 1.5 radii below its middle (less off its axis); the
-    vessel stays whole.
-    A vessel as wide diving along depth (a disk in every slice), the vessel alone, and a narrow vessel
-    with a tail are left as they are."""
-    tube, k = horizontal_tube((96, 96, 140), 20.0, 30.0)            # k 10-50, lying along j
-    i = np.arange(96)[:, None, None] + 0.5
-    under = (np.abs(i - 48.0) < 20.0) & (k > 30.0)                   # its columns, below its middle
-    trimmed = trim_projection_tails(tube | under, (1.0, 1.0, 1.0), 32.0)
-    assert (trimmed >= tube).all()                                   # the vessel whole
-    assert trimmed[..., 63:].sum() == 0 and trimmed[..., 55:60].any()  # cut 30 um below its middle
-    np.testing.assert_array_equal(trim_projection_tails(tube, (1.0, 1.0, 1.0), 32.0), tube)
-    j = np.arange(96)[None, :, None] + 0.5
-    diving = np.broadcast_to((i - 48.0) ** 2 + (j - 48.0) ** 2 <= 20.0 ** 2, tube.shape)
-    np.testing.assert_array_equal(trim_projection_tails(diving, (1.0, 1.0, 1.0), 32.0), diving)
-    thin, _ = horizontal_tube((96, 96, 140), 10.0, 30.0)             # 20 um wide: not a wide vessel
-    narrow = thin | (np.abs(i - 48.0) < 10.0) & (k > 30.0)
-    np.testing.assert_array_equal(trim_projection_tails(narrow, (1.0, 1.0, 1.0), 32.0), narrow)
-    # anisotropic voxels: the same vessel at 2 um slices is cut at the same depth in um
-    coarse = (tube | under)[..., ::2]
-    cut = trim_projection_tails(coarse, (1.0, 1.0, 2.0), 32.0)
-    assert cut[..., 32:].sum() == 0 and cut[..., 28:30].any() and (cut >= tube[..., ::2]).all()
-    # segment's mask: cut when the wide-lumen rules are on, left to the network's with them off
-    state = {"voxel_size_um": 1.0, "patch_size": [128, 128, 128], "threshold": 0.5}
-    prob = (tube | under).astype(np.float32)
-    assert mask_from_probability(prob, (1.0, 1.0, 1.0), state)[..., 63:].sum() == 0
-    assert mask_from_probability(prob, (1.0, 1.0, 1.0), state, complete_lumens=False)[..., 63:].all(axis=2).any()
 
 
 def test_mask_from_probability_refuses_a_volume_of_another_shape():
