@@ -239,10 +239,10 @@ def complete_wide_lumens(mask: np.ndarray, spacing_um: Sequence[float], min_widt
 
 #: how far below a wide column's completed run its lumen may close, in lengths of that run: 1 = the
 #: mask found at least half of a round lumen's depth. A bright run that closes deeper, or not inside the
-#: scan, is a projection tail (OCT-A: its bright part reaches farther below a wide vessel; the simulator's
-#: tails are 250-750 um long) or a stack of vessels: not followed (make demo's OCT-A volumes: following every bright run 0.443 -> 0.326 Dice, with this rule
-#: unchanged at 0.443; two-photon r = 60 um vessels, four volumes: mean recall 0.935 -> 0.933; 0.5:
-#: 0.923)
+#: scan, is a projection tail (OCT-A: its bright part reaches farther below a wide vessel; the
+#: simulator's tails are 250-750 um long) or a stack of vessels: not followed (make demo's OCT-A
+#: volumes: following every bright run 0.443 -> 0.326 Dice, with this rule unchanged at 0.443;
+#: two-photon r = 60 um vessels, four volumes: mean recall 0.935 -> 0.933; 0.5: 0.923)
 MAX_LUMEN_EXTENSION = 1.0
 
 
@@ -342,9 +342,10 @@ def segment_volume(volume: np.ndarray, spacing_um: Sequence[float], state: dict[
     average over the four lateral flips, default on), fusion of the views, resampling back. Then the
     threshold (default: the checkpoint's, else 0.5), the lower half of wide vessels completed by
     symmetry, those cut by the scan's top filled from it, and their lumen followed down while twice as
-    bright as the tissue, where it closes as a lumen does (``complete_lumens``, :func:`complete_wide_lumens`: vessels wider than a quarter of the
-    finest view's window, 32 um for the bundled models; in the mask only, the probability is the
-    network's) and optional removal of 26-connected components smaller than ``min_component_um3`` um^3.
+    bright as the tissue, where it closes as a lumen does (``complete_lumens``,
+    :func:`complete_wide_lumens`: vessels wider than a quarter of the finest view's window, 32 um for the
+    bundled models; in the mask only, the probability is the network's) and optional removal of
+    26-connected components smaller than ``min_component_um3`` um^3.
     ``model`` (from :func:`prepare_model`) avoids rebuilding the network for every volume.
     ``fused_views``: a list that receives the voxel sizes (um) of the views fused. ``progress``: a
     tqdm-like bar, reset to the windows of every view and advanced as they are done. ``roi``: the
@@ -586,9 +587,9 @@ def segment_files(inputs: Sequence[str | Path], out_dir: str | Path, model: str 
     outputs (.tif) have the input's axis order and ImageJ calibration in um (an input NIfTI's: pages
     along k), so they overlay the input in Fiji. ``channel``: the channel of multi-channel TIFFs (0-based).
     ``complete_lumens``: the U-Net's mask completes wide vessels below their round section's middle,
-    from the scan's top where it cuts them, and below while their lumen stays twice as bright as the tissue
-    and closes within the vessel's depth
-    (:func:`segment_volume`, :func:`complete_wide_lumens`). ``roi``: a NIfTI / TIFF region of interest (nonzero = imaged tissue; e.g. the cranial window drawn in
+    from the scan's top where it cuts them, and below while their lumen stays twice as bright as the
+    tissue and closes within the vessel's depth (:func:`segment_volume`, :func:`complete_wide_lumens`).
+    ``roi``: a NIfTI / TIFF region of interest (nonzero = imaged tissue; e.g. the cranial window drawn in
     ITK-SNAP or Fiji) with the scan's array shape, used for every input, or a folder holding one per input
     (:func:`read_roi`: ``NAME_roi.*``, or ``NAME.*`` in a folder of regions apart from the scans): nothing
     outside it is vessel (see :func:`octasim.inference.predict_probability`); an input without its region
